@@ -1,0 +1,35 @@
+# Two commands: `make quickstart` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test install lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# The CPU build of PyTorch first, pinned, so no resolver step can pull a CUDA build.
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e ".[dev]" $(TORCH)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/reinforced train
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+bench: $(STAMP)
+	$(PIP) install --quiet -e ".[bench]" $(TORCH)
+	$(PY) bench/compare_trl.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
