@@ -302,7 +302,10 @@ def validate_cross_section(cfg: Config) -> None:
     """Checks that span sections; the algorithm's own clashes are checked by AlgorithmSpec.validate()."""
     from reinforced.algorithms import resolve_spec  # local: algorithms imports nothing from here
 
-    spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
+    try:
+        spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"algorithm: {err}") from None
     n = cfg.training.num_prompts * cfg.rollout.group_size
     if spec.num_mini_batches > n:
         raise ConfigError(

@@ -1,0 +1,229 @@
+"""Command line: ``reinforced train | eval | explain | list | models | data | report``.
+
+    reinforced train                                  # the default recipe (see README)
+    reinforced train configs/x.yaml algorithm.kl.coef=0.04 training.max_steps=50
+    reinforced train configs/x.yaml --resume          # continue from the latest checkpoint
+    reinforced eval configs/x.yaml model.name_or_path=runs/x/checkpoints/step-20/model
+    reinforced explain configs/x.yaml                 # resolved algorithm + derived batch sizes
+    reinforced list rewards|algorithms|tasks|templates|samplers|models
+    reinforced models pull smollm2-135m-instruct
+    reinforced data inspect FILE | data filter CONFIG --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from reinforced.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "smollm2_arithmetic_grpo.yaml"
+console = Console()
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("reinforced") / "configs" / DEFAULT_CONFIG))
+
+
+def resolve_config_arg(path: str | None) -> Path:
+    """A config path, a bare recipe name from the packaged configs/, or the default recipe."""
+    if path is None:
+        return default_config_path()
+    p = Path(path)
+    if p.exists():
+        return p
+    packaged = Path(str(resources.files("reinforced") / "configs" / (p.name if p.suffix else p.name + ".yaml")))
+    if packaged.exists():
+        return packaged
+    raise ConfigError(f"config file not found: {path} (packaged recipes: `reinforced list configs`)")
+
+
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument without '=' is the config file; the rest are key=value overrides."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def load_from_args(args: list[str]) -> Config:
+    path, overrides = split_config_args(args)
+    return load_config(resolve_config_arg(path), overrides)
+
+
+def cmd_train(ns: argparse.Namespace) -> None:
+    from reinforced.training.loop import fit
+
+    cfg = load_from_args(ns.args)
+    console.print(f"[bold]reinforced[/] run [cyan]{cfg.run.name}[/]: model {cfg.model.name_or_path}, "
+                  f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps")
+    result = fit(cfg, resume=ns.resume, show_progress=not ns.no_progress)
+    print_before_after(result.before, result.after)
+    console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, samples/, checkpoints/)")
+
+
+def print_before_after(before: dict[str, float], after: dict[str, float]) -> None:
+    from reinforced.evaluation.metrics import format_table
+
+    rows = format_table(before, after)
+    if not rows:
+        return
+    table = Table(title="held-out accuracy")
+    for col in ("set", "before RL", "after RL"):
+        table.add_column(col)
+    for key, b, a in rows:
+        table.add_row(key.removeprefix("eval/").removesuffix("/accuracy"), b, a)
+    console.print(table)
+
+
+def cmd_eval(ns: argparse.Namespace) -> None:
+    from reinforced.evaluation.run import evaluate_config
+
+    cfg = load_from_args(ns.args)
+    metrics = evaluate_config(cfg, data=ns.data)
+    table = Table(title=f"evaluation of {cfg.model.name_or_path}")
+    table.add_column("metric")
+    table.add_column("value")
+    for k, v in sorted(metrics.items()):
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
+
+def cmd_explain(ns: argparse.Namespace) -> None:
+    from reinforced.algorithms import resolve_spec
+
+    cfg = load_from_args(ns.args)
+    spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
+    for axis, value in spec.describe():
+        console.print(f"{axis:>22}: {value}")
+    p = max(1, round(cfg.training.num_prompts * spec.prompts_per_step_factor))
+    n = p * cfg.rollout.group_size
+    per_mini = -(-n // spec.num_mini_batches)
+    console.print(f"{'prompts per step':>22}: {p} (x {cfg.rollout.group_size} completions = {n} samples)")
+    console.print(f"{'samples per mini-batch':>22}: {per_mini}")
+    console.print(f"{'micro-batches':>22}: {-(-per_mini // cfg.training.micro_batch_size)} per optimiser step")
+    console.print(f"{'optimiser steps':>22}: {spec.num_epochs * spec.num_mini_batches} per rollout batch")
+
+
+def cmd_list(ns: argparse.Namespace) -> None:
+    rows: list[tuple[str, str]]
+    if ns.what == "rewards":
+        from reinforced.rewards import describe_rewards
+
+        rows = describe_rewards()
+    elif ns.what == "algorithms":
+        from reinforced.algorithms import PRESETS
+
+        rows = [(n, (f.__doc__ or "").strip().splitlines()[0]) for n, f in PRESETS.items()]
+    elif ns.what == "tasks":
+        from reinforced.data.tasks import TASKS
+
+        rows = [(n, f"[{t.modality}] {t.description}") for n, t in TASKS.items()]
+    elif ns.what == "templates":
+        from reinforced.data.templates import TEMPLATES
+
+        rows = [(n, (getattr(t, "description", "") or "")) for n, t in TEMPLATES.items()]
+    elif ns.what == "samplers":
+        from reinforced.data.samplers import SAMPLERS
+
+        rows = [(n, (getattr(f, "__doc__", "") or "").strip().splitlines()[0]) for n, f in SAMPLERS.items()]
+    elif ns.what == "models":
+        from reinforced.models import describe_models
+
+        rows = describe_models()
+    else:  # configs
+        root = Path(str(resources.files("reinforced") / "configs"))
+        rows = [(p.name, (p.read_text().splitlines() or [""])[0].lstrip("# ")) for p in sorted(root.glob("*.yaml"))]
+    table = Table(title=ns.what)
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in rows:
+        table.add_row(name, desc)
+    console.print(table)
+
+
+def cmd_models(ns: argparse.Namespace) -> None:
+    from reinforced.models.hub import pull
+
+    if ns.action == "pull":
+        path = pull(ns.name)
+        console.print(f"{ns.name}: ready at {path}")
+
+
+def cmd_data(ns: argparse.Namespace) -> None:
+    if ns.action == "inspect":
+        from reinforced.data import inspect_file
+
+        console.print(inspect_file(ns.target))
+    else:
+        from reinforced.evaluation.run import filter_config
+
+        cfg = load_from_args([ns.target, *ns.overrides])
+        out = filter_config(cfg, out=ns.out, k=ns.k, low=ns.low, high=ns.high)
+        console.print(f"wrote {out}")
+
+
+def cmd_report(ns: argparse.Namespace) -> None:
+    from reinforced.tracking.report import plot_run
+
+    for path in plot_run(ns.run_dir):
+        console.print(str(path))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reinforced", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train with RL")
+    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a model on held-out sets")
+    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
+    p.add_argument("--data", nargs="*", default=None, help="JSONL files / set folders / built-in names")
+    p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("explain", help="print the resolved algorithm and batch sizes")
+    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
+    p.set_defaults(fn=cmd_explain)
+    p = sub.add_parser("list", help="list registered components")
+    p.add_argument("what", choices=["rewards", "algorithms", "tasks", "templates", "samplers", "models",
+                                    "configs"])
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("models", help="get models")
+    p.add_argument("action", choices=["pull"])
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_models)
+    p = sub.add_parser("data", help="inspect or filter datasets")
+    p.add_argument("action", choices=["inspect", "filter"])
+    p.add_argument("target", help="a data file (inspect) or a config (filter)")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", default="filtered.jsonl")
+    p.add_argument("--k", type=int, default=8, help="samples per prompt")
+    p.add_argument("--low", type=float, default=0.0, help="keep pass rate > low")
+    p.add_argument("--high", type=float, default=1.0, help="keep pass rate < high")
+    p.set_defaults(fn=cmd_data)
+    p = sub.add_parser("report", help="write plots of a run")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        ns.fn(ns)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        if os.environ.get("REINFORCED_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {err}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

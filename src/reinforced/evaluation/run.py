@@ -1,0 +1,96 @@
+"""`reinforced eval` and `reinforced data filter`: run a model over datasets and score it.
+
+Rows of any answer type can be mixed: unless the config names a reward set for a row, its verifier is chosen
+by ``Prompt.answer_type`` (choice -> ``choice``, number/fraction/latex -> ``math_answer``, Countdown / Game of 24
+-> ``expression_equals_target``, 4x4 Sudoku -> ``grid``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from reinforced.config import Config, DataSource, RewardTerm
+from reinforced.data import build_eval_sets, filter_by_pass_rate
+from reinforced.evaluation.metrics import eval_sampling, evaluate
+from reinforced.models import Adapter, load_policy
+from reinforced.rewards import RewardComposer
+from reinforced.rollout import build_engine
+from reinforced.types import Prompt
+
+VERIFIER_BY_ANSWER_TYPE = {
+    "choice": "choice",
+    "number": "math_answer",
+    "fraction": "math_answer",
+    "latex": "math_answer",
+    "expression_equals_target": "expression_equals_target",
+    "grid": "grid",
+}
+
+
+def with_verifier(prompt: Prompt) -> Prompt:
+    """Select the reward set named after the row's answer type when the row names none."""
+    if prompt.reward_set is None and prompt.answer_type in VERIFIER_BY_ANSWER_TYPE:
+        return replace(prompt, reward_set=f"answer:{prompt.answer_type}")
+    return prompt
+
+
+def build_scorer(cfg: Config) -> RewardComposer:
+    from reinforced.training.setup import task_reward_sets
+
+    sets = {f"answer:{t}": (RewardTerm(name=name, accuracy=True),) for t, name in VERIFIER_BY_ANSWER_TYPE.items()}
+    sets.update(task_reward_sets(cfg))
+    return RewardComposer(cfg.rewards.terms, sets, timeout_s=cfg.rewards.timeout_s,
+                          gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format)
+
+
+def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, float]:
+    """Metrics of ``cfg.model`` on ``data`` (paths / built-in set names) or on ``cfg.eval.sets``."""
+    if data:
+        sets = tuple(DataSource(path=d, split="test") for d in data)
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": sets})})
+    prompts = build_eval_sets(cfg.eval, cfg.run.seed)
+    if not prompts:
+        raise ValueError("nothing to evaluate: give --data FILE... or eval.sets in the config")
+    policy = load_policy(cfg.model)
+    adapter = Adapter(policy, cfg.data.template)
+    engine = build_engine(cfg.rollout, policy, adapter, autocast=cfg.training.autocast)
+    scorer = build_scorer(cfg)
+    e, r = cfg.eval, cfg.rollout
+    params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
+                           seed=cfg.run.seed)
+    try:
+        sets = {name: [with_verifier(p) for p in ps] for name, ps in prompts.items()}
+        metrics, _ = evaluate(engine, scorer, sets, params)
+    finally:
+        scorer.close()
+    return metrics
+
+
+def filter_config(cfg: Config, out: str, k: int, low: float, high: float) -> Path:
+    """Offline curation (Reason-RFT / Open-Reasoner-Zero): keep training prompts with low < pass rate < high.
+
+    Samples ``k`` completions per prompt of ``cfg.data.train`` with ``cfg.model`` and writes the kept rows,
+    each with its measured ``pass_rate`` in ``meta`` (it can seed a curriculum).
+    """
+    policy = load_policy(cfg.model)
+    adapter = Adapter(policy, cfg.data.template)
+    engine = build_engine(cfg.rollout, policy, adapter, autocast=cfg.training.autocast)
+    scorer = build_scorer(cfg)
+    params = eval_sampling(cfg.rollout.temperature, k, cfg.rollout.max_new_tokens, cfg.rollout.stop, cfg.run.seed)
+
+    def pass_rates(prompts: list[Prompt]) -> list[float]:
+        groups = engine.generate([with_verifier(p) for p in prompts], params)
+        scored, _ = scorer.score(groups)
+        return [sum(g.accuracy or ()) / g.group_size for g in scored]
+
+    try:
+        prompts = build_eval_sets(cfg.eval.model_copy(update={"sets": cfg.data.train,
+                                                              "max_prompts": 10**9}), cfg.run.seed)
+        rows = filter_by_pass_rate([p for ps in prompts.values() for p in ps], pass_rates, low=low, high=high)
+    finally:
+        scorer.close()
+    path = Path(out)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,184 @@
+"""fit(): the R1-style RL loop, one stage per line.
+
+    for each step:
+        prompts   <- sampler                      (uniform / curriculum / prioritized ...)
+        groups    <- rollout(prompts, G each)     (one prefill per prompt, G samples from it)
+        scored    <- rewards(groups)              (rule-based outcome + process + shaping, time-limited)
+        kept      <- filters(scored)              (DAPO dynamic sampling: refill until P informative groups)
+        batch     <- advantages(kept)             (group z-score, RLOO, GAE with a critic, ...; CPPO pruning)
+        stats     <- update(batch)                (epochs x mini-batches x micro-batches, one normaliser each)
+        log / evaluate / checkpoint
+
+Which estimator, objective, aggregation, KL and filters run is decided by the AlgorithmSpec (presets are
+data); this loop never branches on an algorithm's name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from reinforced.algorithms import AdvantageInputs, compute_advantages, group_keep_mask, prune_samples
+from reinforced.config import Config
+from reinforced.evaluation.metrics import eval_sampling, evaluate
+from reinforced.tracking.progress import Progress
+from reinforced.tracking.report import plot_run
+from reinforced.tracking.sinks import MetricsWriter, write_samples
+from reinforced.training.batch import accuracy_matrix, collate_groups, rewards_matrix, step_token_rewards
+from reinforced.training.setup import Run, save, setup
+from reinforced.training.step import _Mean, autocast
+from reinforced.types import RolloutGroup, SamplingParams, TrainBatch
+
+
+class RewardFailure(RuntimeError):
+    """Most rewards of a batch raised or timed out: the run stops (after a checkpoint)."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    steps: int
+
+
+def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitResult:
+    run = setup(cfg, resume)
+    writer = MetricsWriter(run.run_dir, tensorboard=cfg.training.tensorboard)
+    writer.truncate_after(run.start_step)
+    if "before" not in run.history:
+        run.history["before"] = run_eval(run, step=0)
+        writer.log(0, run.history["before"])
+    step = run.start_step
+    try:
+        with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress) as progress:
+            for step in range(run.start_step + 1, cfg.training.max_steps + 1):
+                t0 = time.perf_counter()
+                kept, stats = collect(run, step)                                   # sample, roll out, score, filter
+                batch, adv_stats = prepare(run, kept)                              # advantages, prune
+                train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
+                stats.update(adv_stats | train_stats)
+                stats["perf/step_s"] = time.perf_counter() - t0
+                stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/step_s"]
+                if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
+                    stats.update(run_eval(run, step))
+                writer.log(step, stats)
+                write_samples(run.run_dir, step, kept, cfg.training.samples_per_step)
+                progress.advance(step, stats)
+                if cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0:
+                    save(run, step)
+    except RewardFailure:
+        save(run, step - 1)
+        raise
+    finally:
+        run.rewards.close()
+    after = run_eval(run, step=cfg.training.max_steps)
+    writer.log(cfg.training.max_steps, after)
+    writer.close()
+    save(run, cfg.training.max_steps)
+    plot_run(run.run_dir)
+    return FitResult(run.run_dir, run.history["before"], after, cfg.training.max_steps)
+
+
+def sampling_params(run: Run, step: int, round_: int) -> SamplingParams:
+    r = run.cfg.rollout
+    return SamplingParams(group_size=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                          top_p=r.top_p, top_k=r.top_k, stop=r.stop,
+                          seed=run.cfg.run.seed * 1_000_003 + step * 1009 + round_)
+
+
+def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
+    """Roll out and score prompts until P groups pass the group filters (DAPO refills; others one round)."""
+    num_prompts = max(1, round(run.cfg.training.num_prompts * run.spec.prompts_per_step_factor))
+    max_rounds = run.spec.dynamic_sampling.max_rounds if run.spec.dynamic_sampling else 1
+    kept: list[RolloutGroup] = []
+    means, num_tokens, round_ = _Mean(), 0, 0
+    while len(kept) < num_prompts and round_ < max_rounds:
+        prompts = run.sampler.next(num_prompts)
+        groups = run.engine.generate(prompts, sampling_params(run, step, round_))
+        scored, reward_stats = run.rewards.score(groups)
+        if reward_stats.get("reward/error_frac", 0.0) > run.cfg.rewards.max_error_frac:
+            raise RewardFailure(f"step {step}: {reward_stats['reward/error_frac']:.0%} of rewards failed "
+                                f"(limit rewards.max_error_frac={run.cfg.rewards.max_error_frac}); see "
+                                f"the samples and reward errors in {run.run_dir}")
+        run.sampler.observe([g.prompt.prompt_id for g in scored],
+                            [sum(g.accuracy or ()) / g.group_size for g in scored], step)
+        keep, filter_stats = group_keep_mask(run.spec, accuracy_matrix(scored))
+        kept += [g for g, k in zip(scored, keep.tolist(), strict=True) if k]
+        means.add({**reward_stats, **filter_stats, **rollout_stats(scored)}, 1.0)
+        num_tokens += sum(c.num_tokens for g in groups for c in g.completions)
+        round_ += 1
+    stats = {**means.result(), "filter/rounds": float(round_), "filter/kept_groups": float(len(kept)),
+             "rollout/num_tokens": float(num_tokens)}
+    if not kept:
+        raise RuntimeError(f"step {step}: no informative prompt group after {round_} sampling rounds "
+                           f"(every group was all-correct or all-wrong); raise the dynamic sampling cap or "
+                           f"use easier/harder data")
+    return kept[:num_prompts], stats
+
+
+def rollout_stats(groups: list[RolloutGroup]) -> dict[str, float]:
+    comps = [(c, acc) for g in groups for c, acc in zip(g.completions, g.accuracy or (), strict=False)]
+    lengths = [c.num_tokens for c, _ in comps]
+    right = [c.num_tokens for c, a in comps if a >= 1.0]
+    wrong = [c.num_tokens for c, a in comps if a < 1.0]
+    stats = {"rollout/completion_len": sum(lengths) / max(1, len(lengths)),
+             "rollout/truncated_frac": sum(c.truncated for c, _ in comps) / max(1, len(comps))}
+    if right:
+        stats["rollout/completion_len_correct"] = sum(right) / len(right)
+    if wrong:
+        stats["rollout/completion_len_wrong"] = sum(wrong) / len(wrong)
+    return stats
+
+
+@torch.no_grad()
+def forward_in_micro_batches(run: Run, model: torch.nn.Module, batch: TrainBatch, values: bool = False
+                             ) -> torch.Tensor:
+    """Reference log-probs (or critic values) of the whole batch, computed micro-batch by micro-batch."""
+    out = []
+    for micro in batch.split(run.cfg.training.micro_batch_size):
+        with autocast(run.cfg.training.autocast):
+            if values:
+                out.append(run.updater.value_fn(model, micro).float())  # type: ignore[misc]
+            else:
+                out.append(run.logprobs(model, micro)[0].float())
+    return torch.cat(out) * batch.completion_mask
+
+
+def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str, float]]:
+    """Batch the kept groups, compute advantages (and critic targets), then apply sample-level pruning."""
+    spec = run.spec
+    batch = collate_groups(groups, pad_id=run.adapter.pad_id)
+    if spec.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss and its normaliser
+        batch = replace(batch, completion_mask=batch.completion_mask & ~batch.is_truncated[:, None])
+    # KL in the reward is needed before advantages; KL in the loss only for the rows pruning keeps (CPPO).
+    early_ref = run.reference is not None and spec.kl.placement == "reward"
+    ref = forward_in_micro_batches(run, run.reference, batch) if early_ref else None
+    values = None
+    if run.updater.critic is not None:
+        values = forward_in_micro_batches(run, run.updater.critic, batch, values=True)
+    token_rewards = step_token_rewards(groups, batch.completion_mask.shape[1], run.adapter.token_text)
+    adv = compute_advantages(spec, AdvantageInputs(
+        rewards=rewards_matrix(groups), completion_mask=batch.completion_mask, old_logprobs=batch.old_logprobs,
+        ref_logprobs=ref, values=values, token_rewards=token_rewards))
+    batch = replace(batch, advantages=adv.advantages, ref_logprobs=ref, returns=adv.returns, old_values=values)
+    keep, prune_stats = prune_samples(spec, batch.advantages, batch.completion_mask, batch.group_index)
+    if not bool(keep.all()):
+        batch = batch.select(keep.nonzero().squeeze(-1))
+    if run.reference is not None and ref is None:
+        batch = replace(batch, ref_logprobs=forward_in_micro_batches(run, run.reference, batch))
+    return batch, {**adv.stats, **prune_stats}
+
+
+def run_eval(run: Run, step: int) -> dict[str, float]:
+    """Held-out metrics (greedy by default) on every eval set; {} when none is configured."""
+    if not run.eval_sets:
+        return {}
+    e, r = run.cfg.eval, run.cfg.rollout
+    params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
+                           seed=run.cfg.run.seed + 7919 * step)
+    metrics, _ = evaluate(run.engine, run.rewards, run.eval_sets, params)
+    return metrics

@@ -1,0 +1,156 @@
+"""Build every part of a run from its Config: models, engine, rewards, sampler, optimiser, run directory.
+
+This is the only place that wires stages together; ``loop.fit`` then reads like the paper.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reinforced.algorithms import AlgorithmSpec, resolve_spec
+from reinforced.config import Config, RewardTerm
+from reinforced.data import build_eval_sets, build_sampler
+from reinforced.data.tasks import TASKS
+from reinforced.models import Adapter, LoadedModel, load_policy, load_reference
+from reinforced.rewards import RewardComposer
+from reinforced.rollout import build_engine
+from reinforced.training import checkpoint as ckpt
+from reinforced.training.logprobs import completion_logprobs
+from reinforced.training.step import Updater, build_optimizer
+from reinforced.training.value import ValueModel, completion_values
+from reinforced.types import TrainBatch
+
+
+@dataclass
+class Run:
+    """Everything one training run holds (built once by ``setup``)."""
+
+    cfg: Config
+    spec: AlgorithmSpec
+    run_dir: Path
+    policy: LoadedModel
+    adapter: Adapter
+    engine: Any
+    rewards: RewardComposer
+    sampler: Any
+    eval_sets: dict[str, list]
+    updater: Updater
+    reference: torch.nn.Module | None = None
+    start_step: int = 0
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    history: dict[str, Any] = field(default_factory=dict)  # eval before RL, kept across resume
+
+    def logprobs(self, model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return completion_logprobs(model, self.adapter, batch, temperature=self.cfg.rollout.temperature,
+                                   with_entropy=with_entropy)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def task_reward_sets(cfg: Config) -> dict[str, tuple[RewardTerm, ...]]:
+    """Each procedural task's declared rewards, as a named set (a config set of the same name wins)."""
+    sets: dict[str, tuple[RewardTerm, ...]] = {}
+    for source in (*cfg.data.train, *cfg.eval.sets):
+        if source.task is not None and source.task not in cfg.rewards.sets:
+            sets[source.task] = tuple(RewardTerm(**t) for t in TASKS[source.task].reward_terms)
+    return {**sets, **cfg.rewards.sets}
+
+
+def run_dir_for(cfg: Config, resume: bool) -> Path:
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if ckpt.latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(
+                f"run directory {run_dir} already holds a run: pass --resume to continue it, "
+                f"or choose another run.name"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def setup(cfg: Config, resume: bool = False) -> Run:
+    spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
+    run_dir = run_dir_for(cfg, resume)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "algorithm.txt").write_text("".join(f"{k}: {v}\n" for k, v in spec.describe()))
+    seed_everything(cfg.run.seed)
+
+    policy = load_policy(cfg.model)
+    reference = load_reference(policy).model if spec.needs_reference else None
+    adapter = Adapter(policy, cfg.data.template)
+    engine = build_engine(cfg.rollout, policy, adapter, autocast=cfg.training.autocast)
+    rewards = RewardComposer(
+        cfg.rewards.terms, task_reward_sets(cfg), timeout_s=cfg.rewards.timeout_s,
+        gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format,
+    )
+    sampler = build_sampler(cfg.data, cfg.run.seed)
+    eval_sets = build_eval_sets(cfg.eval, cfg.run.seed)
+
+    total_opt_steps = cfg.training.max_steps * spec.num_epochs * spec.num_mini_batches
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer, scheduler = build_optimizer(params, cfg.training, total_steps=total_opt_steps)
+    critic = critic_opt = None
+    if spec.critic is not None:
+        if policy.is_vlm:
+            raise NotImplementedError("value-based methods (a critic) are text-only for now; use a value-free "
+                                      "preset such as grpo or dapo for vision-language models")
+        critic = ValueModel(policy.model, seed=cfg.run.seed)
+        critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
+                                        total_steps=total_opt_steps)
+    run = Run(cfg=cfg, spec=spec, run_dir=run_dir, policy=policy, adapter=adapter, engine=engine,
+              rewards=rewards, sampler=sampler, eval_sets=eval_sets, updater=None,  # type: ignore[arg-type]
+              reference=reference)
+    run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
+                          scheduler=scheduler, logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
+                          critic=critic, critic_optimizer=critic_opt, value_fn=completion_values)
+    run.generator.manual_seed(cfg.run.seed)
+    if resume:
+        restore(run)
+    return run
+
+
+def trainer_state(run: Run) -> dict[str, Any]:
+    u = run.updater
+    return {
+        "optimizer": u.optimizer.state_dict(),
+        "scheduler": u.scheduler.state_dict(),
+        "critic_optimizer": None if u.critic_optimizer is None else u.critic_optimizer.state_dict(),
+        "sampler": run.sampler.state_dict(),
+        "generator": run.generator.get_state(),
+        "history": run.history,
+    }
+
+
+def save(run: Run, step: int) -> Path:
+    return ckpt.save_checkpoint(run.run_dir, step, run.policy.model, run.policy.processor or run.policy.tokenizer, trainer_state(run),
+                                critic=run.updater.critic, keep=run.cfg.training.keep_checkpoints)
+
+
+def restore(run: Run) -> None:
+    path = ckpt.latest_checkpoint(run.run_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run.run_dir / 'checkpoints'}")
+    state = ckpt.load_trainer_state(path)
+    ckpt.load_weights(run.policy.model, path)
+    u = run.updater
+    u.optimizer.load_state_dict(state["optimizer"])
+    u.scheduler.load_state_dict(state["scheduler"])
+    if u.critic is not None:
+        u.critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
+        u.critic_optimizer.load_state_dict(state["critic_optimizer"])  # type: ignore[union-attr]
+    run.sampler.load_state_dict(state["sampler"])
+    run.generator.set_state(state["generator"])
+    run.history = state.get("history", {})
+    ckpt.set_rng_state(state["rng"])
+    run.start_step = int(state["step"])

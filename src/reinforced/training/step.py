@@ -1,0 +1,155 @@
+"""The policy update of one RL step: epochs x mini-batches (optimiser steps) x micro-batches.
+
+For each optimiser step the loss normaliser is computed ONCE over all rows of that mini-batch and passed to
+every micro-batch, so the accumulated gradient equals the full-batch gradient whatever the micro-batch size
+(the most common correctness bug in this field: TRL #5619, OpenRLHF #1249). Ratios are taken against the
+behaviour log-probs stored at rollout, so extra epochs / mini-batches are properly off-policy (PPO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from reinforced.algorithms import LossNormalizer, policy_loss, value_loss
+from reinforced.config import TrainingConfig
+from reinforced.types import TrainBatch
+
+# (model, batch) -> (logprobs [n, T], entropy [n, T] | None)
+LogprobFn = Callable[[torch.nn.Module, TrainBatch], tuple[torch.Tensor, torch.Tensor | None]]
+# (critic, batch) -> values [n, T]
+ValueFn = Callable[[torch.nn.Module, TrainBatch], torch.Tensor]
+
+
+def build_optimizer(
+    params: list[torch.nn.Parameter], cfg: TrainingConfig, lr: float | None = None, total_steps: int = 1
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with linear warm-up, then constant / cosine / linear decay to 0 over ``total_steps``."""
+    optimizer = torch.optim.AdamW(params, lr=lr or cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    warmup, total = cfg.warmup_steps, max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(mode: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU (about 3x faster matmuls on AVX512-BF16), or nothing."""
+    if mode == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Mean:
+    """Weighted running means of micro-batch stats (weights: loss tokens)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.weight: dict[str, float] = defaultdict(float)
+
+    def add(self, stats: dict[str, float], weight: float) -> None:
+        for k, v in stats.items():
+            self.total[k] += float(v) * weight
+            self.weight[k] += weight
+
+    def result(self) -> dict[str, float]:
+        return {k: self.total[k] / self.weight[k] for k in self.total if self.weight[k] > 0}
+
+
+@dataclass
+class Updater:
+    """Runs the optimiser steps of one RL step for the policy (and the critic, for value-based methods)."""
+
+    spec: object  # AlgorithmSpec
+    cfg: TrainingConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    logprob_fn: LogprobFn
+    critic: torch.nn.Module | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
+    value_fn: ValueFn | None = None
+
+    def mini_batches(self, batch: TrainBatch, generator: torch.Generator) -> Iterator[TrainBatch]:
+        """Shuffled mini-batches, ``num_mini_batches`` per epoch, ``num_epochs`` epochs."""
+        n, k = batch.num_samples, self.spec.num_mini_batches  # type: ignore[attr-defined]
+        for _ in range(self.spec.num_epochs):  # type: ignore[attr-defined]
+            perm = torch.randperm(n, generator=generator)
+            for chunk in torch.tensor_split(perm, min(k, n)):
+                yield batch.select(chunk)
+
+    def policy_step(self, mini: TrainBatch) -> dict[str, float]:
+        """One optimiser step of the policy on ``mini``, accumulated over micro-batches."""
+        spec, means = self.spec, _Mean()
+        normalizer = LossNormalizer.for_step(spec, mini.completion_mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for micro in mini.split(self.cfg.micro_batch_size):
+            with autocast(self.cfg.autocast):
+                logprobs, entropy = self.logprob_fn(self.model, micro)
+            loss, stats = policy_loss(
+                spec, logprobs.float(), micro.old_logprobs, micro.advantages, micro.completion_mask,
+                normalizer, ref_logprobs=micro.ref_logprobs,
+                entropy=None if entropy is None else entropy.float(),
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite policy loss {loss.item()} (check rewards/advantages)")
+            loss.backward()
+            loss_total += loss.item()
+            means.add(stats, float(micro.completion_mask.sum()))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**{f"train/{k}": v for k, v in means.result().items()}, "train/loss": loss_total,
+                "train/grad_norm": float(grad_norm)}
+
+    def critic_step(self, mini: TrainBatch) -> dict[str, float]:
+        """One optimiser step of the critic (clipped value loss against the GAE returns)."""
+        assert self.critic is not None and self.critic_optimizer is not None and self.value_fn is not None
+        normalizer = LossNormalizer.for_step(self.spec, mini.completion_mask)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        means, total = _Mean(), 0.0
+        for micro in mini.split(self.cfg.micro_batch_size):
+            with autocast(self.cfg.autocast):
+                values = self.value_fn(self.critic, micro)
+            loss, stats = value_loss(
+                self.spec, values.float(), micro.old_values, micro.returns, micro.completion_mask, normalizer
+            )
+            loss.backward()
+            total += loss.item()
+            means.add(stats, float(micro.completion_mask.sum()))
+        params = [p for p in self.critic.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm or float("inf"))
+        self.critic_optimizer.step()
+        return {**{f"critic/{k}": v for k, v in means.result().items()}, "critic/loss": total}
+
+    def update(self, batch: TrainBatch, generator: torch.Generator, train_policy: bool = True
+               ) -> dict[str, float]:
+        """All optimiser steps of this RL step; returns stats averaged over them."""
+        means = _Mean()
+        num_steps = 0
+        for mini in self.mini_batches(batch, generator):
+            stats: dict[str, float] = {}
+            if self.critic is not None:
+                stats.update(self.critic_step(mini))
+            if train_policy:
+                stats.update(self.policy_step(mini))
+            means.add(stats, 1.0)
+            num_steps += 1
+        return {**means.result(), "train/optimizer_steps": float(num_steps),
+                "train/lr": self.scheduler.get_last_lr()[0]}
