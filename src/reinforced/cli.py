@@ -123,7 +123,8 @@ def cmd_list(ns: argparse.Namespace) -> None:
     elif ns.what == "tasks":
         from reinforced.data.tasks import TASKS
 
-        rows = [(n, f"[{t.modality}] {t.description}") for n, t in TASKS.items()]
+        rows = [(n, f"[{t.modality}] {t.description}; rewards: "
+                 + ", ".join(r["name"] for r in t.reward_terms)) for n, t in TASKS.items()]
     elif ns.what == "templates":
         from reinforced.data.templates import TEMPLATES
 
@@ -133,9 +134,10 @@ def cmd_list(ns: argparse.Namespace) -> None:
 
         rows = [(n, (getattr(f, "__doc__", "") or "").strip().splitlines()[0]) for n, f in SAMPLERS.items()]
     elif ns.what == "models":
-        from reinforced.models import describe_models
+        from reinforced.models import BUILTIN_MODELS, PULLABLE
 
-        rows = describe_models()
+        rows = [(n, "pull once: `reinforced models pull " + n + "`" if n in PULLABLE else "built in")
+                for n in BUILTIN_MODELS.names()]
     else:  # configs
         root = Path(str(resources.files("reinforced") / "configs"))
         rows = [(p.name, (p.read_text().splitlines() or [""])[0].lstrip("# ")) for p in sorted(root.glob("*.yaml"))]
@@ -159,7 +161,7 @@ def cmd_data(ns: argparse.Namespace) -> None:
     if ns.action == "inspect":
         from reinforced.data import inspect_file
 
-        console.print(inspect_file(ns.target))
+        console.print(inspect_file(ns.target, split=ns.split))
     else:
         from reinforced.evaluation.run import filter_config
 
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a data file (inspect) or a config (filter)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--out", default="filtered.jsonl")
+    p.add_argument("--split", default="test", help="inspect: which split of a set folder")
     p.add_argument("--k", type=int, default=8, help="samples per prompt")
     p.add_argument("--low", type=float, default=0.0, help="keep pass rate > low")
     p.add_argument("--high", type=float, default=1.0, help="keep pass rate < high")

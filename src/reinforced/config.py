@@ -49,6 +49,8 @@ class ModelConfig(Section):
 
 
 class DataSource(Section):
+    name: str | None = None
+    """Name used in metrics (``eval/<name>/accuracy``); default: the task name or the file's set name."""
     path: str | None = None
     """A JSONL file (the row layout of the shared data folder) or a folder holding ``<split>.jsonl``."""
     task: str | None = None

@@ -53,16 +53,19 @@ def batch_with_advantages(groups):
     batch = collate_groups(groups, pad_id=0)
     r = rewards_matrix(groups)
     adv = (r - r.mean(1, keepdim=True)).reshape(-1, 1).expand_as(batch.old_logprobs).contiguous()
-    return TrainBatch(**{**batch.__dict__, "advantages": adv * batch.completion_mask})
+    ref = batch.old_logprobs - 0.3 * torch.rand(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(1))
+    return TrainBatch(**{**batch.__dict__, "advantages": adv * batch.completion_mask,
+                         "ref_logprobs": ref * batch.completion_mask})
 
 
 def grads_after_one_step(preset: str, micro: int, perm=None):
     torch.manual_seed(0)
     model = ToyLM()
-    cfg = TrainingConfig(micro_batch_size=micro, lr=0.0, max_grad_norm=None)
+    cfg = TrainingConfig(micro_batch_size=micro, lr=1e-9, max_grad_norm=None)
     opt, sched = build_optimizer(list(model.parameters()), cfg)
     spec = resolve_spec(preset, {})
-    upd = Updater(spec=spec, cfg=cfg, model=model, optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs)
+    upd = Updater(spec=spec, cfg=cfg, model=model, optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs,
+                  max_completion_len=8)
     batch = batch_with_advantages(make_groups())
     if perm is not None:
         batch = batch.select(perm)
@@ -107,5 +110,6 @@ def test_step_rewards_land_on_the_token_that_ends_the_step():
     pieces = {1: "ab", 2: " cd", 3: " e", 4: "f"}
     group = RolloutGroup(prompt=Prompt(prompt_id="p", question="q"), completions=(comp,), rewards=(1.0,),
                          step_rewards=((StepScore(0, 2, 0.5), StepScore(3, 8, 1.0)),), prompt_ids=(1,))
-    out = step_token_rewards([group], 4, lambda t: pieces[t])
-    assert out.tolist() == [[0.5, 0.0, 0.0, 1.0]]
+    scores, ends = step_token_rewards([group], 5, lambda ids: "".join(pieces[t] for t in ids))
+    assert scores.tolist() == [[0.5, 0.0, 0.0, 1.0, 0.0]]
+    assert ends.tolist() == [[True, False, False, True, False]]

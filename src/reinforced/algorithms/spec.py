@@ -329,7 +329,7 @@ def resolve_spec(preset: str, overrides: Mapping[str, Any] | None = None) -> Alg
 
     >>> resolve_spec("grpo", {"clip.eps_high": 0.28}).clip.eps_high
     0.28
-    >>> resolve_spec("grpo", {"clip.eps_hi": 0.28})
+    >>> resolve_spec("grpo", {"clip.eps_hi": 0.28})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     ValueError: unknown algorithm key 'clip.eps_hi'; did you mean 'clip.eps_high'? valid keys: ...

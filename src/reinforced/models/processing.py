@@ -118,7 +118,10 @@ class Adapter:
         return dict(vis.vision_forward_kwargs(self.model.config, input_ids, list(vision)))
 
     def forward_kwargs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vision: Sequence[Mapping[str, Any] | None]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vision: Sequence[Mapping[str, Any] | None],
     ) -> tuple[dict[str, Any], torch.Tensor | None]:
         """Kwargs of a full (non-incremental) forward of a padded batch [B, L], and the M-RoPE offsets.
 
@@ -144,7 +147,9 @@ class Adapter:
         kwargs["position_ids"] = positions
         return kwargs, deltas
 
-    def decode_position_ids(self, text_positions: torch.Tensor, rope_deltas: torch.Tensor | None) -> torch.Tensor:
+    def decode_position_ids(
+        self, text_positions: torch.Tensor, rope_deltas: torch.Tensor | None
+    ) -> torch.Tensor:
         """Position ids of one new token per row: [B, 1] (or [3, B, 1] for M-RoPE) from text positions [B, 1]."""
         if rope_deltas is None:
             return text_positions

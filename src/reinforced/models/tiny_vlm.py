@@ -101,7 +101,7 @@ def _qwen2_vl(folder: Path, opts: dict[str, Any], v25: bool = False) -> tuple[Pr
         patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
     )
     ids = {n: tok.convert_tokens_to_ids(t) for n, t in zip(
-        ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"), specials)}
+        ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"), specials, strict=True)}
     if v25:
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 

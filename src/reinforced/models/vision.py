@@ -255,7 +255,7 @@ def check_vision(
     if len(vision) != input_ids.shape[0]:
         raise VisionError(f"{len(vision)} vision entries for a batch of {input_ids.shape[0]} rows")
     counts = (input_ids == token).sum(-1).tolist()  # [n]
-    for i, (count, v) in enumerate(zip(counts, vision)):
+    for i, (count, v) in enumerate(zip(counts, vision, strict=True)):
         if not v:
             if count:
                 raise VisionError(

@@ -71,7 +71,7 @@ def tag_count(completion: str, prompt: Prompt) -> RewardResult:
 
     >>> from reinforced.types import Prompt
     >>> tag_count("<think>a</think><answer>1</answer><answer>2", Prompt("p", "q")).score
-    0.5
+    0.75
     """
     counts = {tag: completion.count(tag) for tag in _TAGS}
     score = 0.25 * sum(1 for c in counts.values() if c == 1)

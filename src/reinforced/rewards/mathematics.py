@@ -191,59 +191,65 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
+class _Parser:
+    """Recursive descent: expr := term (('+'|'-') term)*; term := factor (('*'|'/') factor)*;
+    factor := '-' factor | '(' expr ')' | number."""
+
+    def __init__(self, toks: list[str]) -> None:
+        self.toks = toks
+        self.pos = 0
+        self.used: list[Fraction] = []
+
+    def peek(self) -> str | None:
+        return self.toks[self.pos] if self.pos < len(self.toks) else None
+
+    def take(self) -> str:
+        if self.pos >= len(self.toks):
+            raise ExpressionError("unexpected end of expression")
+        self.pos += 1
+        return self.toks[self.pos - 1]
+
+    def expr(self) -> Fraction:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            value = value + self.term() if self.take() == "+" else value - self.term()
+        return value
+
+    def term(self) -> Fraction:
+        value = self.factor()
+        while self.peek() in ("*", "/"):
+            op, rhs = self.take(), self.factor()
+            if op == "/" and rhs == 0:
+                raise ExpressionError("division by zero")
+            value = value * rhs if op == "*" else value / rhs
+        return value
+
+    def factor(self) -> Fraction:
+        tok = self.take()
+        if tok == "-":
+            return -self.factor()
+        if tok == "(":
+            value = self.expr()
+            if self.take() != ")":
+                raise ExpressionError("missing ')'")
+            return value
+        if tok[0].isdigit():
+            self.used.append(Fraction(tok))
+            return self.used[-1]
+        raise ExpressionError(f"unexpected {tok!r}")
+
+
 def evaluate_expression(text: str) -> tuple[Fraction, list[Fraction]]:
     """Exact value of an arithmetic expression and the numbers it uses (in order); raises ExpressionError.
 
     >>> evaluate_expression("(8 - 2) * (3 + 1)")
     (Fraction(24, 1), [Fraction(8, 1), Fraction(2, 1), Fraction(3, 1), Fraction(1, 1)])
     """
-    toks = _tokens(text)
-    pos = 0
-    used: list[Fraction] = []
-
-    def peek() -> str | None:
-        return toks[pos] if pos < len(toks) else None
-
-    def take() -> str:
-        nonlocal pos
-        if pos >= len(toks):
-            raise ExpressionError("unexpected end of expression")
-        pos += 1
-        return toks[pos - 1]
-
-    def expr() -> Fraction:
-        value = term()
-        while peek() in ("+", "-"):
-            value = value + term() if take() == "+" else value - term()
-        return value
-
-    def term() -> Fraction:
-        value = factor()
-        while peek() in ("*", "/"):
-            op, rhs = take(), factor()
-            if op == "/" and rhs == 0:
-                raise ExpressionError("division by zero")
-            value = value * rhs if op == "*" else value / rhs
-        return value
-
-    def factor() -> Fraction:
-        tok = take()
-        if tok == "-":
-            return -factor()
-        if tok == "(":
-            value = expr()
-            if take() != ")":
-                raise ExpressionError("missing ')'")
-            return value
-        if tok[0].isdigit():
-            used.append(Fraction(tok))
-            return used[-1]
-        raise ExpressionError(f"unexpected {tok!r}")
-
-    value = expr()
-    if pos != len(toks):
-        raise ExpressionError(f"unexpected {toks[pos]!r} after the expression")
-    return value, used
+    parser = _Parser(_tokens(text))
+    value = parser.expr()
+    if parser.pos != len(parser.toks):
+        raise ExpressionError(f"unexpected {parser.toks[parser.pos]!r} after the expression")
+    return value, parser.used
 
 
 @register_reward("expression_equals_target")

@@ -21,6 +21,8 @@ from typing import Any
 
 from reinforced.types import Prompt, RewardResult
 
+_STARTUP_S = 120.0
+
 
 @dataclass(frozen=True)
 class Job:
@@ -46,6 +48,7 @@ def call_safely(fn: Callable[..., RewardResult], completion: str, prompt: Prompt
 
 def _serve(conn: Any) -> None:
     """Child loop: receive (prompts, jobs), send back (index, result) per job, in order."""
+    conn.send("ready")
     while True:
         try:
             message = conn.recv()
@@ -81,6 +84,10 @@ class RewardWorker:
         self._proc.start()
         child.close()
         self._conn = parent
+        # start-up (imports) is not charged to the first job's time limit
+        if not parent.poll(_STARTUP_S) or parent.recv() != "ready":
+            self._kill()
+            raise RuntimeError(f"the reward worker did not start within {_STARTUP_S} s")
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -143,4 +150,4 @@ class RewardWorker:
 def _without_images(prompt: Prompt) -> Prompt:
     from dataclasses import replace
 
-    return replace(prompt, images=(), messages=())
+    return replace(prompt, images=())

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from reinforced.rewards import step_token_rewards as place_step_rewards
+from reinforced.rewards import token_char_ends
 from reinforced.types import RolloutGroup, StepScore, TrainBatch
 
 
@@ -67,30 +69,25 @@ def accuracy_matrix(groups: Sequence[RolloutGroup]) -> torch.Tensor:
 
 
 def step_token_rewards(
-    groups: Sequence[RolloutGroup],
-    num_tokens: int,
-    token_text: Callable[[int], str],
-) -> torch.Tensor | None:
-    """[N, T] process rewards: each step's score placed on the token where that step's text ends.
+    groups: Sequence[RolloutGroup], num_tokens: int, decode: Callable[[Sequence[int]], str]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Process rewards as tensors: ([N, T] step scores on the token ending each step, [N, T] step-end mask).
 
-    ``token_text(id)`` decodes one token; character offsets of token boundaries are accumulated from it,
-    so a step ending at character e is credited to the first token whose end offset reaches e.
-    Returns None when no completion carries step scores.
+    Character spans from the reward become token positions through the tokenizer's own decoding
+    (``rewards.token_char_ends``). Returns None when no completion carries step scores.
     """
     if not any(any(steps) for g in groups for steps in g.step_rewards):
         return None
     rows = [(g, j) for g in groups for j in range(g.group_size)]
-    out = torch.zeros((len(rows), num_tokens), dtype=torch.float32)
+    scores = torch.zeros((len(rows), num_tokens), dtype=torch.float32)
+    ends_mask = torch.zeros((len(rows), num_tokens), dtype=torch.bool)
     for r, (group, j) in enumerate(rows):
         steps: tuple[StepScore, ...] = group.step_rewards[j] if group.step_rewards else ()
-        if not steps:
+        token_ids = group.completions[j].token_ids
+        if not steps or not token_ids:
             continue
-        ends, offset = [], 0
-        for tid in group.completions[j].token_ids:
-            offset += len(token_text(tid))
-            ends.append(offset)
-        for step in steps:
-            pos = next((t for t, e in enumerate(ends) if e >= step.end), len(ends) - 1)
-            if pos >= 0:
-                out[r, pos] += step.score
-    return out
+        ends = token_char_ends(token_ids, decode)
+        scores[r, : len(ends)] = torch.tensor(place_step_rewards(steps, ends))
+        ones = place_step_rewards(tuple(StepScore(s.start, s.end, 1.0) for s in steps), ends)
+        ends_mask[r, : len(ends)] = torch.tensor(ones) > 0
+    return scores, ends_mask

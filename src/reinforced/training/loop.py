@@ -58,11 +58,14 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
             for step in range(run.start_step + 1, cfg.training.max_steps + 1):
                 t0 = time.perf_counter()
                 kept, stats = collect(run, step)                                   # sample, roll out, score, filter
+                t1 = time.perf_counter()
                 batch, adv_stats = prepare(run, kept)                              # advantages, prune
+                t2 = time.perf_counter()
                 train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
+                stats["perf/prepare_s"], stats["perf/update_s"] = t2 - t1, time.perf_counter() - t2
                 stats.update(adv_stats | train_stats)
                 stats["perf/step_s"] = time.perf_counter() - t0
-                stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/step_s"]
+                stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/rollout_s"]
                 if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
                     stats.update(run_eval(run, step))
                 writer.log(step, stats)
@@ -96,10 +99,15 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
     max_rounds = run.spec.dynamic_sampling.max_rounds if run.spec.dynamic_sampling else 1
     kept: list[RolloutGroup] = []
     means, num_tokens, round_ = _Mean(), 0, 0
+    timing = {"perf/rollout_s": 0.0, "perf/reward_s": 0.0}
     while len(kept) < num_prompts and round_ < max_rounds:
         prompts = run.sampler.next(num_prompts)
+        t0 = time.perf_counter()
         groups = run.engine.generate(prompts, sampling_params(run, step, round_))
+        t1 = time.perf_counter()
         scored, reward_stats = run.rewards.score(groups)
+        timing["perf/rollout_s"] += t1 - t0
+        timing["perf/reward_s"] += time.perf_counter() - t1
         if reward_stats.get("reward/error_frac", 0.0) > run.cfg.rewards.max_error_frac:
             raise RewardFailure(f"step {step}: {reward_stats['reward/error_frac']:.0%} of rewards failed "
                                 f"(limit rewards.max_error_frac={run.cfg.rewards.max_error_frac}); see "
@@ -111,8 +119,9 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
         means.add({**reward_stats, **filter_stats, **rollout_stats(scored)}, 1.0)
         num_tokens += sum(c.num_tokens for g in groups for c in g.completions)
         round_ += 1
-    stats = {**means.result(), "filter/rounds": float(round_), "filter/kept_groups": float(len(kept)),
-             "rollout/num_tokens": float(num_tokens)}
+    stats = {**means.result(), **run.sampler.stats(), "filter/rounds": float(round_),
+             "filter/kept_groups": float(len(kept)),
+             "rollout/num_tokens": float(num_tokens), **timing}
     if not kept:
         raise RuntimeError(f"step {step}: no informative prompt group after {round_} sampling rounds "
                            f"(every group was all-correct or all-wrong); raise the dynamic sampling cap or "
@@ -151,7 +160,7 @@ def forward_in_micro_batches(run: Run, model: torch.nn.Module, batch: TrainBatch
 def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str, float]]:
     """Batch the kept groups, compute advantages (and critic targets), then apply sample-level pruning."""
     spec = run.spec
-    batch = collate_groups(groups, pad_id=run.adapter.pad_id)
+    batch = collate_groups(groups, pad_id=run.adapter.pad_token_id)
     if spec.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss and its normaliser
         batch = replace(batch, completion_mask=batch.completion_mask & ~batch.is_truncated[:, None])
     # KL in the reward is needed before advantages; KL in the loss only for the rows pruning keeps (CPPO).
@@ -160,10 +169,11 @@ def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str,
     values = None
     if run.updater.critic is not None:
         values = forward_in_micro_batches(run, run.updater.critic, batch, values=True)
-    token_rewards = step_token_rewards(groups, batch.completion_mask.shape[1], run.adapter.token_text)
+    steps = step_token_rewards(groups, batch.completion_mask.shape[1], run.adapter.decode)
     adv = compute_advantages(spec, AdvantageInputs(
         rewards=rewards_matrix(groups), completion_mask=batch.completion_mask, old_logprobs=batch.old_logprobs,
-        ref_logprobs=ref, values=values, token_rewards=token_rewards))
+        ref_logprobs=ref, values=values, token_rewards=None if steps is None else steps[0],
+        step_mask=None if steps is None else steps[1]))
     batch = replace(batch, advantages=adv.advantages, ref_logprobs=ref, returns=adv.returns, old_values=values)
     keep, prune_stats = prune_samples(spec, batch.advantages, batch.completion_mask, batch.group_index)
     if not bool(keep.all()):
@@ -181,4 +191,6 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
                            seed=run.cfg.run.seed + 7919 * step)
     metrics, _ = evaluate(run.engine, run.rewards, run.eval_sets, params)
+    for name in run.eval_sets:  # staged curricula may advance on held-out accuracy
+        run.sampler.observe_eval(name, metrics[f"eval/{name}/accuracy"], step)
     return metrics

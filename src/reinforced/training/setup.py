@@ -62,8 +62,9 @@ def task_reward_sets(cfg: Config) -> dict[str, tuple[RewardTerm, ...]]:
     """Each procedural task's declared rewards, as a named set (a config set of the same name wins)."""
     sets: dict[str, tuple[RewardTerm, ...]] = {}
     for source in (*cfg.data.train, *cfg.eval.sets):
-        if source.task is not None and source.task not in cfg.rewards.sets:
-            sets[source.task] = tuple(RewardTerm(**t) for t in TASKS[source.task].reward_terms)
+        if source.task is not None:
+            for name, terms in TASKS[source.task].reward_sets().items():
+                sets[name] = tuple(RewardTerm(**t) for t in terms)
     return {**sets, **cfg.rewards.sets}
 
 
@@ -87,9 +88,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     seed_everything(cfg.run.seed)
 
     policy = load_policy(cfg.model)
-    reference = load_reference(policy).model if spec.needs_reference else None
+    reference = load_reference(policy) if spec.needs_reference else None
     adapter = Adapter(policy, cfg.data.template)
-    engine = build_engine(cfg.rollout, policy, adapter, autocast=cfg.training.autocast)
+    engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
+                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
     rewards = RewardComposer(
         cfg.rewards.terms, task_reward_sets(cfg), timeout_s=cfg.rewards.timeout_s,
         gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format,
@@ -112,7 +114,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
               rewards=rewards, sampler=sampler, eval_sets=eval_sets, updater=None,  # type: ignore[arg-type]
               reference=reference)
     run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
-                          scheduler=scheduler, logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
+                          scheduler=scheduler, max_completion_len=cfg.rollout.max_new_tokens, logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
                           critic=critic, critic_optimizer=critic_opt, value_fn=completion_values)
     run.generator.manual_seed(cfg.run.seed)
     if resume:

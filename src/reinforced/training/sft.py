@@ -86,7 +86,7 @@ def sft_loss(model: torch.nn.Module, batch: SFTBatch) -> tuple[torch.Tensor, dic
     labels = batch.input_ids[:, 1:][batch.loss_mask]  # [K]
     loss = torch.nn.functional.cross_entropy(logits, labels)
     accuracy = (logits.argmax(-1) == labels).float().mean()
-    return loss, {"loss": float(loss), "token_accuracy": float(accuracy), "num_tokens": float(labels.numel())}
+    return loss, {"loss": float(loss.detach()), "token_accuracy": float(accuracy), "num_tokens": float(labels.numel())}
 
 
 def sft_step(
@@ -106,16 +106,17 @@ def sft_step(
     return stats
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 10% of peak.
+def cosine_lr(progress: float, peak: float, warmup: float = 0.02) -> float:
+    """Learning rate at ``progress`` in [0, 1] of training: linear warm-up over the first ``warmup``
+    fraction, then cosine decay to 10% of peak.
 
-    >>> round(cosine_lr(0, 100, 1.0, 10), 2), cosine_lr(10, 100, 1.0, 10), round(cosine_lr(100, 100, 1.0, 10), 2)
-    (0.1, 1.0, 0.1)
+    >>> round(cosine_lr(0.0, 1.0, 0.1), 2), cosine_lr(0.1, 1.0, 0.1), round(cosine_lr(1.0, 1.0, 0.1), 2)
+    (0.0, 1.0, 0.1)
     """
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    if progress < warmup:
+        return peak * progress / warmup
+    decay = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * decay)))
 
 
 def train_sft(
@@ -123,22 +124,29 @@ def train_sft(
     batches: Iterator[SFTBatch],
     max_steps: int,
     lr: float = 1e-3,
-    warmup_steps: int = 10,
+    warmup: float = 0.02,
     weight_decay: float = 0.0,
     time_budget_s: float | None = None,
     autocast: bool = False,
     log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """AdamW with warm-up + cosine decay for ``max_steps`` (or until ``time_budget_s``); returns per-step stats."""
+    """AdamW for ``max_steps`` or until ``time_budget_s``, whichever ends first; returns per-step stats.
+
+    The schedule (``cosine_lr``) follows progress = max(step fraction, time fraction), so a run cut by its
+    time budget still warms up and decays fully instead of stopping at peak learning rate.
+    """
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     history: list[dict[str, float]] = []
     start = time.monotonic()
     for step in range(max_steps):
-        if time_budget_s is not None and time.monotonic() - start > time_budget_s:
+        progress = step / max_steps
+        if time_budget_s is not None:
+            progress = max(progress, (time.monotonic() - start) / time_budget_s)
+        if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, max_steps, lr, warmup_steps)
+            group["lr"] = max(cosine_lr(progress, lr, warmup), lr * 1e-3)  # never 0: step 0 still learns
         stats = sft_step(model, optimizer, next(batches), autocast=autocast)
         stats["lr"] = optimizer.param_groups[0]["lr"]
         history.append(stats)

@@ -79,6 +79,7 @@ class Updater:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     logprob_fn: LogprobFn
+    max_completion_len: int | None = None  # the generation budget (Dr.GRPO's constant normaliser)
     critic: torch.nn.Module | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
     value_fn: ValueFn | None = None
@@ -94,7 +95,7 @@ class Updater:
     def policy_step(self, mini: TrainBatch) -> dict[str, float]:
         """One optimiser step of the policy on ``mini``, accumulated over micro-batches."""
         spec, means = self.spec, _Mean()
-        normalizer = LossNormalizer.for_step(spec, mini.completion_mask)
+        normalizer = LossNormalizer.for_step(spec, mini.completion_mask, self.max_completion_len)
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         for micro in mini.split(self.cfg.micro_batch_size):
@@ -121,7 +122,7 @@ class Updater:
     def critic_step(self, mini: TrainBatch) -> dict[str, float]:
         """One optimiser step of the critic (clipped value loss against the GAE returns)."""
         assert self.critic is not None and self.critic_optimizer is not None and self.value_fn is not None
-        normalizer = LossNormalizer.for_step(self.spec, mini.completion_mask)
+        normalizer = LossNormalizer.for_step(self.spec, mini.completion_mask, self.max_completion_len)
         self.critic_optimizer.zero_grad(set_to_none=True)
         means, total = _Mean(), 0.0
         for micro in mini.split(self.cfg.micro_batch_size):

@@ -96,9 +96,10 @@ class Task:
         prompt = replace(prompt, task=self.name, reward_set=self.name)
         if form == "open":
             return prompt
-        return ask_in_form(prompt, form, self._distractors_for(prompt), rng, num_choices)
+        return ask_in_form(prompt, form, self.distractors_for(prompt), rng, num_choices)
 
-    def _distractors_for(self, prompt: Prompt) -> Distractors:
+    def distractors_for(self, prompt: Prompt) -> Distractors:
+        """The distractor function for this task's prompts (the task's own, else by answer type)."""
         if self.distractors is not None:
             return self.distractors
         if prompt.answer_type in DEFAULT_DISTRACTORS:
@@ -120,7 +121,9 @@ class Task:
 
 
 def reward_set_name(task: str, form: str) -> str:
-    """>>> reward_set_name("arithmetic", "open"), reward_set_name("arithmetic", "choice")
+    """The reward_set a prompt of ``task`` asked in ``form`` names.
+
+    >>> reward_set_name("arithmetic", "open"), reward_set_name("arithmetic", "choice")
     ('arithmetic', 'arithmetic:choice')
     """
     return task if form == "open" else f"{task}:{form}"
@@ -139,9 +142,11 @@ def ask_in_form(prompt: Prompt, form: str, distractors: Distractors, rng: random
         raise ValueError(f"prompt {prompt.prompt_id} has no answer to build a {form} question from")
     gold = str(gold)
     meta = {**prompt.metadata, "open_answer": prompt.answer, "form": form}
-    wrong = distractors(rng, prompt, max(1, num_choices - 1))
-    if len(wrong) < max(1, num_choices - 1):
-        raise ValueError(f"prompt {prompt.prompt_id}: only {len(wrong)} distractors for {num_choices} choices")
+    if num_choices < 2:
+        raise ValueError(f"num_choices must be >= 2, got {num_choices}")
+    wrong = distractors(rng, prompt, num_choices - 1)
+    if not wrong:  # fewer options than asked is fine (3 shape names); none is not a question
+        raise ValueError(f"prompt {prompt.prompt_id}: no distractors, so it cannot be asked as {form!r}")
     base = replace(prompt, reward_set=reward_set_name(prompt.task, form), metadata=meta)
     if form == "choice":
         options = [gold, *wrong]

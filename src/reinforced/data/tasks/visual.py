@@ -88,7 +88,7 @@ def count_shapes(rng: random.Random, difficulty: float = 0.0, image_size: int = 
     cell = image_size // grid
     margin = max(1, cell // 8)
     boxes = []
-    for slot, kind in zip(slots, kinds):
+    for slot, kind in zip(slots, kinds, strict=True):
         x0, y0 = (slot % grid) * cell + margin, (slot // grid) * cell + margin
         box = (x0, y0, x0 + cell - 2 * margin - 1, y0 + cell - 2 * margin - 1)
         draw_shape(draw, kind, box, COLOURS[rng.choice(["red", "green", "blue"])] if difficulty > 0.5 else INK)
@@ -120,7 +120,9 @@ def digit_arithmetic(rng: random.Random, difficulty: float = 0.0, image_size: in
     answer = {"+": a + b, "-": a - b, "*": a * b}[op]
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    unit = image_size // 16  # each number fills one half: digits 4 units wide, 7 tall
+    max_digits = len(str(hi))
+    # Each number is centred in its half: n digits take 5n-1 units across (4 wide + 1 gap), 7 tall.
+    unit = min(image_size // 16, (image_size // 2 - 2) // (5 * max_digits - 1))
     top = (image_size - 7 * unit) // 2
     for half, value in ((0, a), (1, b)):
         digits = [int(c) for c in str(value)]
@@ -148,7 +150,7 @@ def bar_chart(rng: random.Random, difficulty: float = 0.0, image_size: int = 64)
     for v in range(0, max_value + 1):  # light rule lines every unit: values can be read by counting
         draw.line((0, base - v * step, image_size - 1, base - v * step), fill=(200, 200, 200))
     slot = image_size // num_bars
-    for k, (name, value) in enumerate(zip(names, values)):
+    for k, (name, value) in enumerate(zip(names, values, strict=True)):
         x0 = k * slot + slot // 4
         draw.rectangle((x0, base - value * step, x0 + slot // 2 - 1, base - 1), fill=COLOURS[name])
     target = rng.randrange(num_bars)
@@ -178,13 +180,14 @@ def grounding(rng: random.Random, difficulty: float = 0.0, image_size: int = 64)
     """Several shapes of distinct (colour, kind); ask the box of one. Answer "[x1, y1, x2, y2]" in pixels."""
     difficulty = _check_difficulty(difficulty)
     num = 1 + round(3 * difficulty)
-    pairs = rng.sample([(c, s) for c in ("red", "green", "blue", "orange") for s in SHAPES], num)
+    # Distinct colours: the named object is unique by colour as well as by kind.
+    pairs = [(c, rng.choice(SHAPES)) for c in rng.sample(["red", "green", "blue", "orange"], num)]
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     grid = 2
     cell = image_size // grid
     boxes = []
-    for slot, (colour, shape) in zip(rng.sample(range(grid * grid), num), pairs):
+    for slot, (colour, shape) in zip(rng.sample(range(grid * grid), num), pairs, strict=True):
         side = rng.randint(cell // 2, cell - 2)
         x0 = (slot % grid) * cell + rng.randint(0, cell - side)
         y0 = (slot // grid) * cell + rng.randint(0, cell - side)

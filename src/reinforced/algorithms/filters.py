@@ -1,0 +1,141 @@
+"""Sample filters: DAPO dynamic sampling, overlong filtering, CPPO completion pruning.
+
+* Dynamic sampling (DAPO, arXiv 2503.14476, Eq. 11 and Algorithm 1): a prompt whose G completions are all
+  correct or all wrong has zero advantage and no gradient, yet dilutes the batch. Keep a group iff the
+  population std of its *accuracy* is > 0 (or G = 1), then draw more prompts until the batch holds
+  ``num_prompts`` kept groups, giving up after ``max_rounds`` rounds. Accuracy, not the shaped score: a
+  length or format bonus must not rescue a group the verifier scored uniformly.
+* Overlong filtering (DAPO section 3.4): truncated completions leave the loss mask, so they neither
+  contribute nor count in the normaliser.
+* CPPO (Lin et al., arXiv 2503.22342): a completion's share of the GRPO gradient scales with |A_i|; after
+  advantages are computed on the full group keep only the ``round(G (1 - P))`` completions with the
+  largest |A| per prompt (the paper's per-question top-k), and sample ``1/(1-P)`` times more prompts
+  (dynamic completion allocation) so the batch stays full.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def informative_groups(accuracy: Tensor) -> Tensor:
+    """Groups whose accuracy is not uniform (or of size one); [P, G] -> [P] bool.
+
+    >>> informative_groups(torch.tensor([[1.0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]]))
+    tensor([ True, False, False])
+    """
+    if accuracy.shape[1] == 1:
+        return torch.ones(accuracy.shape[0], dtype=torch.bool, device=accuracy.device)
+    return accuracy.std(dim=1, unbiased=False) > 0
+
+
+def accuracy_stats(accuracy: Tensor) -> dict[str, float]:
+    """Fractions of all-correct, all-wrong and zero-std groups of ``accuracy`` [P, G] (0/1 or partial).
+
+    >>> accuracy_stats(torch.tensor([[1.0, 0, 0, 1], [1, 1, 1, 1], [1, 1, 1, 0]]))["frac_all_correct"]
+    0.3333333432674408
+    """
+    uniform = ~informative_groups(accuracy) if accuracy.shape[1] > 1 else torch.zeros(accuracy.shape[0], dtype=torch.bool)
+    return {
+        "frac_all_correct": float((accuracy >= 1).all(dim=1).float().mean()),
+        "frac_all_wrong": float((accuracy <= 0).all(dim=1).float().mean()),
+        "frac_zero_std_groups": float(uniform.float().mean()),
+    }
+
+
+def fill_batch(
+    draw: Callable[[int], tuple[Sequence[T], Tensor]], num_prompts: int, max_rounds: int
+) -> tuple[list[T], dict[str, float]]:
+    """DAPO dynamic sampling loop: ``draw(n)`` samples and scores n prompts, returning their groups and
+    accuracy [n, G]; keeps informative groups until ``num_prompts`` are held (``max_rounds`` 0: no cap).
+
+    After the first round the draw size is the missing count divided by the pass rate seen so far (at
+    most ``num_prompts``). Raises RuntimeError when the cap is reached with the batch still short.
+
+    >>> import itertools; acc = itertools.cycle([[1.0, 1.0], [1.0, 0.0]])
+    >>> kept, stats = fill_batch(lambda n: (list(range(n)), torch.tensor([next(acc) for _ in range(n)])), 2, 5)
+    >>> len(kept), stats["filter/rounds"]
+    (2, 2.0)
+    """
+    kept: list[T] = []
+    drawn = rounds = 0
+    while len(kept) < num_prompts:
+        if max_rounds > 0 and rounds >= max_rounds:
+            raise RuntimeError(
+                f"dynamic sampling kept {len(kept)} of {num_prompts} prompts after {rounds} rounds (pass rate "
+                f"{len(kept) / max(drawn, 1):.1%}); raise dynamic_sampling.max_rounds or use prompts of mixed difficulty"
+            )
+        need = num_prompts - len(kept)
+        rate = len(kept) / drawn if drawn else 1.0
+        n = need if rate >= 1.0 else min(num_prompts, math.ceil(need / max(rate, 1.0 / num_prompts)))
+        groups, accuracy = draw(max(n, need))
+        keep = informative_groups(accuracy).tolist()
+        kept += [g for g, k in zip(groups, keep, strict=True) if k]
+        drawn += len(groups)
+        rounds += 1
+    stats = {"filter/rounds": float(rounds), "filter/pass_rate": len(kept) / max(drawn, 1), "filter/num_drawn": float(drawn)}
+    return kept[:num_prompts], stats
+
+
+def mask_truncated(completion_mask: Tensor, is_truncated: Tensor) -> Tensor:
+    """Overlong filtering: ``completion_mask`` [N, T] with the rows of truncated completions [N] cleared.
+
+    >>> mask_truncated(torch.ones(2, 2, dtype=torch.bool), torch.tensor([False, True]))
+    tensor([[ True,  True],
+            [False, False]])
+    """
+    return completion_mask.bool() & ~is_truncated.bool().unsqueeze(1)
+
+
+def sequence_advantage(advantages: Tensor, completion_mask: Tensor) -> Tensor:
+    """Mean advantage over each row's loss tokens (the outcome advantage when broadcast); [N, T] -> [N]."""
+    m = completion_mask.to(advantages.dtype)
+    return (advantages * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def top_abs_per_group(scores: Tensor, group_index: Tensor, rate: float) -> Tensor:
+    """Keep the ``max(1, round(G_g (1 - rate)))`` rows of each group with the largest ``|score|``; [N] -> [N] bool.
+
+    Ties go to the earlier row (a stable sort), so the result is deterministic.
+
+    >>> top_abs_per_group(torch.tensor([0.976938, -1.321739, -0.172401, 0.517202]), torch.zeros(4, dtype=torch.long), 0.5)
+    tensor([ True,  True, False, False])
+    """
+    keep = torch.zeros_like(group_index, dtype=torch.bool)
+    for g in torch.unique(group_index).tolist():
+        rows = (group_index == g).nonzero().squeeze(1)  # [G_g]
+        k = max(1, round(rows.numel() * (1.0 - rate)))
+        order = torch.sort(scores[rows].abs(), descending=True, stable=True).indices
+        keep[rows[order[:k]]] = True
+    return keep
+
+
+def length_stats(lengths: Tensor, accuracy: Tensor, is_truncated: Tensor) -> dict[str, float]:
+    """Completion-length metrics of one step: mean, correct vs wrong mean, truncated fraction; all [N].
+
+    Correct means accuracy >= 0.5 (partial credit counts as correct from one half up); a side with no
+    completions reports 0.
+
+    >>> s = length_stats(torch.tensor([10, 20, 30, 40]), torch.tensor([1.0, 0, 0, 1]), torch.tensor([0, 0, 1, 0]))
+    >>> s["len/correct_mean"], s["len/incorrect_mean"], s["len/truncated_frac"]
+    (25.0, 25.0, 0.25)
+    """
+    lens = lengths.double()
+    correct = accuracy.reshape(-1) >= 0.5
+
+    def mean(sel: Tensor) -> float:
+        return float(lens[sel].mean()) if bool(sel.any()) else 0.0
+
+    return {
+        "len/mean": float(lens.mean()) if lens.numel() else 0.0,
+        "len/correct_mean": mean(correct),
+        "len/incorrect_mean": mean(~correct),
+        "len/truncated_frac": float(is_truncated.bool().double().mean()) if is_truncated.numel() else 0.0,
+    }

@@ -1,0 +1,80 @@
+"""Per-token logprobs (and entropy) of completion tokens under a model: the teacher-forced forward.
+
+For a row with prompt x (left-padded to S) and completion y (right-padded to T),
+
+    logprob_t = log softmax(z_{S+t-1} / tau)[y_t],    entropy_t = -sum_v p_v log p_v,  p = softmax(z_{S+t-1} / tau)
+
+where z_j are the logits at column j and tau the sampling temperature: the same distribution the rollout
+engine samples from (its behaviour logprobs are this quantity taken before top-k/top-p filtering), so
+on-policy ratios are exactly 1. Only the last T+1 hidden states go through the LM head
+(``logits_to_keep``), positions follow the attention mask (left padding), and the log-softmax is taken
+as ``z[y] - logsumexp(z)`` in row chunks so no [n, T, V] float32 copy of the logits is kept beyond one chunk.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from reinforced.models.processing import Adapter
+from reinforced.types import TrainBatch
+
+_ROWS_PER_CHUNK = 4
+
+
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs [n, T] of ``targets`` [n, T] under logits [n, T, V] / temperature, and entropy [n, T].
+
+    >>> lp, ent = token_logprobs(torch.zeros(1, 2, 4), torch.tensor([[0, 3]]), with_entropy=True)
+    >>> lp.exp(), ent.exp()   # uniform over 4 tokens
+    (tensor([[0.2500, 0.2500]]), tensor([[4., 4.]]))
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for logprobs, got {temperature}")
+    lps, ents = [], []
+    for i in range(0, logits.shape[0], _ROWS_PER_CHUNK):
+        z = logits[i : i + _ROWS_PER_CHUNK].float() / temperature  # [c, T, V]
+        lse = torch.logsumexp(z, dim=-1)  # [c, T]
+        lps.append(z.gather(-1, targets[i : i + _ROWS_PER_CHUNK, :, None]).squeeze(-1) - lse)
+        if with_entropy:
+            # H = logsumexp(z) - sum_v softmax(z)_v z_v
+            ents.append(lse - (z.softmax(-1) * z).sum(-1))
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def completion_logprobs(
+    model: Any,
+    adapter: Adapter,
+    batch: TrainBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs [n, T] (and entropy [n, T] or None) of the completion tokens of ``batch`` under ``model``.
+
+    Differentiable (call under ``torch.no_grad()`` for old/reference logprobs). Padding positions
+    (attention mask 0 in the completion part) are 0 in both outputs.
+    """
+    s = batch.prompt_len
+    t = batch.input_ids.shape[1] - s
+    kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
+    if _accepts_logits_to_keep(model):
+        # completion token t sits at column S+t and is predicted by column S+t-1: keep columns S-1 .. S+T-1
+        out = model(**kwargs, use_cache=False, logits_to_keep=t + 1)
+        logits = out.logits[:, :-1]  # [n, T, V]
+    else:
+        logits = model(**kwargs, use_cache=False).logits[:, s - 1 : -1]
+    targets = batch.input_ids[:, s:]  # [n, T]
+    logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy)
+    real = batch.attention_mask[:, s:].bool()  # [n, T]
+    logprobs = logprobs.masked_fill(~real, 0.0)
+    if entropy is not None:
+        entropy = entropy.masked_fill(~real, 0.0)
+    return logprobs, entropy
