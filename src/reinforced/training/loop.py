@@ -115,6 +115,7 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
         run.sampler.observe([g.prompt.prompt_id for g in scored],
                             [sum(g.accuracy or ()) / g.group_size for g in scored], step)
         keep, filter_stats = group_keep_mask(run.spec, accuracy_matrix(scored))
+        filter_stats = {k if "/" in k else f"filter/{k}": v for k, v in filter_stats.items()}
         kept += [g for g, k in zip(scored, keep.tolist(), strict=True) if k]
         means.add({**reward_stats, **filter_stats, **rollout_stats(scored)}, 1.0)
         num_tokens += sum(c.num_tokens for g in groups for c in g.completions)

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -125,6 +125,7 @@ def train_sft(
     max_steps: int,
     lr: float = 1e-3,
     warmup: float = 0.02,
+    schedule: Literal["cosine", "constant"] = "cosine",
     weight_decay: float = 0.0,
     time_budget_s: float | None = None,
     autocast: bool = False,
@@ -132,9 +133,11 @@ def train_sft(
 ) -> list[dict[str, float]]:
     """AdamW for ``max_steps`` or until ``time_budget_s``, whichever ends first; returns per-step stats.
 
-    The schedule (``cosine_lr``) follows progress = max(step fraction, time fraction), so a run cut by its
-    time budget still warms up and decays fully instead of stopping at peak learning rate.
+    ``cosine`` (``cosine_lr``) follows progress = max(step fraction, time fraction), so a run cut by its
+    time budget still decays fully; ``constant`` keeps the peak after the same linear warm-up.
     """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown SFT schedule {schedule!r}; valid: constant, cosine")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     history: list[dict[str, float]] = []
@@ -146,7 +149,8 @@ def train_sft(
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = max(cosine_lr(progress, lr, warmup), lr * 1e-3)  # never 0: step 0 still learns
+            scheduled = cosine_lr(progress, lr, warmup) if schedule == "cosine" else lr * min(1.0, progress / warmup)
+            group["lr"] = max(scheduled, lr * 1e-3)  # never 0: step 0 still learns
         stats = sft_step(model, optimizer, next(batches), autocast=autocast)
         stats["lr"] = optimizer.param_groups[0]["lr"]
         history.append(stats)
