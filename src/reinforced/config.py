@@ -261,15 +261,29 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
     if parts[0] == "algorithm" and len(parts) > 1 and parts[1] not in ("preset", "overrides"):
         tree.setdefault("algorithm", {}).setdefault("overrides", {})[".".join(parts[1:])] = value
         return
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {part!r} holds {child!r}, not a section")
-        node = child
-    node[parts[-1]] = value
+    node: Any = tree
+    for part, nxt in zip(parts[:-1], parts[1:], strict=True):
+        node = _child(node, part, dotted, make_list=nxt.isdigit())
+    last = parts[-1]
+    if isinstance(node, list):
+        _child(node, last, dotted, make_list=False)  # validates the index
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, part: str, dotted: str, make_list: bool) -> Any:
+    """Step into ``node[part]`` (a list index when ``part`` is a number), creating sections on the way."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"cannot set {dotted!r}: index {part!r} is not in a list of {len(node)} entries")
+        return node[int(part)]
+    child = node.get(part)
+    if child is None:
+        child = node[part] = [] if make_list else {}
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"cannot set {dotted!r}: {part!r} holds {child!r}, not a section")
+    return child
 
 
 def build_config(tree: Mapping[str, Any]) -> Config:

@@ -66,3 +66,11 @@ def test_round_trip_through_yaml(tmp_path):
 def test_override_syntax_error():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["training.lr"])
+
+
+def test_override_inside_a_list(tmp_path):
+    path = write(tmp_path, {"eval": {"sets": [{"task": "arithmetic", "limit": 100}]}})
+    cfg = load_config(path, ["eval.sets.0.limit=20"])
+    assert cfg.eval.sets[0].limit == 20
+    with pytest.raises(ConfigError, match="index '3'"):
+        load_config(path, ["eval.sets.3.limit=20"])

@@ -49,7 +49,7 @@ def char_tokenizer(special: list[str]) -> PreTrainedTokenizerFast:
     >>> tok = char_tokenizer(["<image>"])
     >>> ids = tok.encode("<answer>12</answer><image>", add_special_tokens=False)
     >>> len(ids), tok.decode(ids)
-    (4, '<answer>12</answer><image>')
+    (5, '<answer>12</answer><image>')
     """
     fixed = [PAD, "<|im_start|>", EOS, "<unk>"]
     specials = fixed + [s for s in special if s not in fixed]
