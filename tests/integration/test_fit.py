@@ -13,6 +13,7 @@ from reinforced.training.loop import fit
 
 BASE = [
     "data.train=[{task: arithmetic}]",
+    "data.template=plain",
     "eval.sets=[{task: arithmetic, limit: 4}]",
     "eval.max_prompts=4",
     "rollout.group_size=4",

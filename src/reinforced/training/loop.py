@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
-from reinforced.algorithms import AdvantageInputs, compute_advantages, group_keep_mask, prune_samples
+from reinforced.algorithms import (
+    AdvantageInputs,
+    compute_advantages,
+    group_keep_mask,
+    plateaued,
+    prune_samples,
+)
 from reinforced.config import Config
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.tracking.progress import Progress
@@ -51,7 +57,7 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
     writer.truncate_after(run.start_step)
     if "before" not in run.history:
         run.history["before"] = run_eval(run, step=0)
-        writer.log(0, run.history["before"])
+        writer.log(0, {**run.history["before"], **pretrain_critic(run)})
     step = run.start_step
     try:
         with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress) as progress:
@@ -84,6 +90,23 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
     save(run, cfg.training.max_steps)
     plot_run(run.run_dir)
     return FitResult(run.run_dir, run.history["before"], after, cfg.training.max_steps)
+
+
+def pretrain_critic(run: Run) -> dict[str, float]:
+    """VC-PPO value pretraining: fit the critic on rollouts of the frozen initial policy until its loss
+    plateaus (or ``critic.pretrain_steps``), before any policy update (Yuan et al., arXiv 2503.01491)."""
+    critic_cfg = run.spec.critic
+    if critic_cfg is None or critic_cfg.pretrain_steps == 0:
+        return {}
+    losses: list[float] = []
+    for i in range(critic_cfg.pretrain_steps):
+        kept, _ = collect(run, step=-(i + 1))  # negative steps: their own sampling seeds
+        batch, _ = prepare(run, kept)
+        losses.append(run.updater.update(batch, run.generator, train_policy=False)["critic/loss"])
+        if plateaued(losses, critic_cfg.pretrain_patience, critic_cfg.pretrain_tolerance):
+            break
+    return {"critic/pretrain_steps": float(len(losses)), "critic/pretrain_loss_first": losses[0],
+            "critic/pretrain_loss_last": losses[-1]}
 
 
 def sampling_params(run: Run, step: int, round_: int) -> SamplingParams:

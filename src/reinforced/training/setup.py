@@ -107,6 +107,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         if policy.is_vlm:
             raise NotImplementedError("value-based methods (a critic) are text-only for now; use a value-free "
                                       "preset such as grpo or dapo for vision-language models")
+        if spec.critic.shared_trunk:
+            raise NotImplementedError("critic.shared_trunk=true is not supported yet: the critic has its own "
+                                      "backbone (a copy of the policy's); set algorithm.critic.shared_trunk=false")
         critic = ValueModel(policy.model, seed=cfg.run.seed)
         critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
                                         total_steps=total_opt_steps)

@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -84,12 +85,20 @@ class Updater:
     critic_optimizer: torch.optim.Optimizer | None = None
     value_fn: ValueFn | None = None
 
-    def mini_batches(self, batch: TrainBatch, generator: torch.Generator) -> Iterator[TrainBatch]:
-        """Shuffled mini-batches, ``num_mini_batches`` per epoch, ``num_epochs`` epochs."""
-        n, k = batch.num_samples, self.spec.num_mini_batches  # type: ignore[attr-defined]
+    def mini_batches(self, batch: TrainBatch, generator: torch.Generator, num_mini_batches: int
+                     ) -> Iterator[TrainBatch]:
+        """``num_mini_batches`` mini-batches per epoch, ``num_epochs`` epochs.
+
+        With one mini-batch the rows keep their group-major order (the loss is a sum, so order cannot change
+        the gradient, and whole groups in a micro-batch let the forward share each prompt's prefix).
+        """
+        n = batch.num_samples
         for _ in range(self.spec.num_epochs):  # type: ignore[attr-defined]
+            if num_mini_batches == 1:
+                yield batch
+                continue
             perm = torch.randperm(n, generator=generator)
-            for chunk in torch.tensor_split(perm, min(k, n)):
+            for chunk in torch.tensor_split(perm, min(num_mini_batches, n)):
                 yield batch.select(chunk)
 
     def policy_step(self, mini: TrainBatch) -> dict[str, float]:
@@ -141,16 +150,18 @@ class Updater:
 
     def update(self, batch: TrainBatch, generator: torch.Generator, train_policy: bool = True
                ) -> dict[str, float]:
-        """All optimiser steps of this RL step; returns stats averaged over them."""
+        """All optimiser steps of this RL step (critic first, on the same rollouts); mean stats."""
+        spec: Any = self.spec
         means = _Mean()
+        if self.critic is not None:
+            for mini in self.mini_batches(batch, generator, spec.critic.num_mini_batches):
+                means.add(self.critic_step(mini), 1.0)
         num_steps = 0
-        for mini in self.mini_batches(batch, generator):
-            stats: dict[str, float] = {}
-            if self.critic is not None:
-                stats.update(self.critic_step(mini))
-            if train_policy:
-                stats.update(self.policy_step(mini))
-            means.add(stats, 1.0)
-            num_steps += 1
+        if train_policy:
+            if spec.reset_optimizer_each_step:  # Kimi k1.5: each iteration is a fresh mirror-descent problem
+                self.optimizer.state.clear()
+            for mini in self.mini_batches(batch, generator, spec.num_mini_batches):
+                means.add(self.policy_step(mini), 1.0)
+                num_steps += 1
         return {**means.result(), "train/optimizer_steps": float(num_steps),
                 "train/lr": self.scheduler.get_last_lr()[0]}
