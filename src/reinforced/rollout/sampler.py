@@ -64,8 +64,12 @@ def sample_tokens(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row of logits [A, V] and its behaviour logprob (before filtering): ([A], [A]).
+
+    ``banned`` token ids (a VLM's image placeholders) are never sampled; like top-k/top-p this is a filter,
+    so the recorded logprob is still that of the unfiltered distribution.
 
     >>> tok, lp = sample_tokens(torch.tensor([[0.0, 2.0, 1.0]]), temperature=0.0)
     >>> tok.tolist(), round(lp.item(), 4)
@@ -73,13 +77,26 @@ def sample_tokens(
     """
     logits = logits.float()
     if temperature <= 0:  # greedy; logprobs at temperature 1 (the sampling distribution is a point mass)
-        tokens = logits.argmax(-1)
+        tokens = _ban(logits, banned).argmax(-1)
         return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
     scaled = logits / temperature  # [A, V]
     logprobs = scaled.log_softmax(-1)
-    probs = filter_logits(scaled, top_k, top_p).softmax(-1)
+    probs = filter_logits(_ban(scaled, banned), top_k, top_p).softmax(-1)
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [A]
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _ban(logits: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+    return logits if banned is None else logits.index_fill(-1, banned, float("-inf"))
+
+
+def placeholder_token_ids(config: Any) -> list[int]:
+    """Image/video placeholder ids of a VLM: sampled in a completion, the model would later try to fill
+    them with image features the sample does not have (the placeholder/feature guard fires)."""
+    from reinforced.models.vision import image_token_id
+
+    ids = [image_token_id(config), getattr(config, "video_token_id", None)]
+    return sorted({int(i) for i in ids if i is not None})
 
 
 class BuiltinEngine:
@@ -105,6 +122,8 @@ class BuiltinEngine:
         self.compact_fraction = compact_fraction
         params = inspect.signature(adapter.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        banned = placeholder_token_ids(adapter.model.config) if adapter.loaded.is_vlm else []
+        self._banned = torch.tensor(banned, dtype=torch.long) if banned else None
         self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------
@@ -193,9 +212,10 @@ class BuiltinEngine:
         active = torch.ones(n, dtype=torch.bool)  # cache rows still generating
         eos = torch.tensor(self.adapter.eos_token_ids, device=device)
         stops = StopStrings(self.adapter.tokenizer, params.stop, n) if params.stop else None
+        banned = None if self._banned is None else self._banned.to(device)
         steps = 0
         for t in range(m):
-            tok, lp = sample_tokens(logits, params.temperature, params.top_k, params.top_p, generator)
+            tok, lp = sample_tokens(logits, params.temperature, params.top_k, params.top_p, generator, banned)
             live = rows[active]
             tokens[live, t], logprobs[live, t], lengths[live] = tok[active].cpu(), lp[active].cpu(), t + 1
             done = torch.isin(tok, eos).cpu() & active

@@ -46,6 +46,11 @@ def token_logprobs(
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 names the KV-cache argument ``cache`` (``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -56,21 +61,27 @@ def completion_logprobs(
     batch: TrainBatch,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    share_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs [n, T] (and entropy [n, T] or None) of the completion tokens of ``batch`` under ``model``.
 
     Differentiable (call under ``torch.no_grad()`` for old/reference logprobs). Padding positions
-    (attention mask 0 in the completion part) are 0 in both outputs.
+    (attention mask 0 in the completion part) are 0 in both outputs. With ``share_prefix``, rows of the same
+    group (same prompt) run the prompt once: see ``shared_prefix_logits``.
     """
     s = batch.prompt_len
     t = batch.input_ids.shape[1] - s
-    kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
-    if _accepts_logits_to_keep(model):
-        # completion token t sits at column S+t and is predicted by column S+t-1: keep columns S-1 .. S+T-1
-        out = model(**kwargs, use_cache=False, logits_to_keep=t + 1)
-        logits = out.logits[:, :-1]  # [n, T, V]
+    unique, inverse = torch.unique(batch.group_index, return_inverse=True)
+    if share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model):
+        logits = shared_prefix_logits(model, adapter, batch, inverse)
     else:
-        logits = model(**kwargs, use_cache=False).logits[:, s - 1 : -1]
+        kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
+        if _accepts_logits_to_keep(model):
+            # completion token t sits at column S+t and is predicted by column S+t-1: keep S-1 .. S+T-1
+            out = model(**kwargs, use_cache=False, logits_to_keep=t + 1)
+            logits = out.logits[:, :-1]  # [n, T, V]
+        else:
+            logits = model(**kwargs, use_cache=False).logits[:, s - 1 : -1]
     targets = batch.input_ids[:, s:]  # [n, T]
     logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy)
     real = batch.attention_mask[:, s:].bool()  # [n, T]
@@ -78,3 +89,31 @@ def completion_logprobs(
     if entropy is not None:
         entropy = entropy.masked_fill(~real, 0.0)
     return logprobs, entropy
+
+
+def shared_prefix_logits(model: Any, adapter: Adapter, batch: TrainBatch, inverse: torch.Tensor) -> torch.Tensor:
+    """Logits [n, T, V] predicting the completion tokens, running each distinct prompt once.
+
+    The G completions of a prompt share its prefix: the prompt (and its images) is run once with a KV cache
+    that keeps its autograd graph, the cache is expanded to the rows (``index_select``, whose backward sums
+    the rows' gradients into the shared prefix), and the completions are run on top of it. Same numbers and
+    same gradient as the full teacher-forced forward, with the prompt's compute divided by G. ``inverse``
+    [n] maps each row to its distinct prompt.
+    """
+    s = batch.prompt_len
+    first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long)
+    first.scatter_(0, inverse.flip(0), torch.arange(len(inverse) - 1, -1, -1))  # a row of each prompt
+    vision = [batch.vision[i] for i in first.tolist()] if batch.vision else []
+    prompt_mask = batch.attention_mask[first, :s]
+    kwargs, deltas = adapter.forward_kwargs(batch.input_ids[first, :s], prompt_mask, vision)
+    out = model(**kwargs, use_cache=True, logits_to_keep=1)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache.reorder_cache(inverse)  # [u, ...] -> [n, ...] along the batch axis
+    text_positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, s:]  # [n, T]
+    positions = adapter.decode_position_ids(text_positions, None if deltas is None else deltas[inverse])
+    rest = model(
+        input_ids=batch.input_ids[:, s:], attention_mask=batch.attention_mask, position_ids=positions,
+        **{_cache_kwarg(model): cache}, use_cache=True,
+        cache_position=torch.arange(s, batch.input_ids.shape[1]),
+    ).logits  # [n, T, V]: column t predicts completion token t+1
+    return torch.cat([out.logits[inverse, -1:], rest[:, :-1]], dim=1)
