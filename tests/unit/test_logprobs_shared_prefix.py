@@ -61,3 +61,13 @@ def test_vision_language_models(family, tmp_path):
     prompts = [Prompt("a", "<image> What color?", images=(red,)), Prompt("t", "Text only, a longer prompt."),
                Prompt("b", "Describe <image>", images=(blue,))]
     assert_same(loaded.model, adapter, make_batch(adapter, prompts))
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_vlm_batch_without_its_images_fails_loudly(tmp_path, share):
+    build_tiny_vlm("qwen2_vl", tmp_path, seed=0)
+    loaded = load_policy(ModelConfig(name_or_path=str(tmp_path)))
+    adapter = Adapter(loaded, "plain")
+    batch = make_batch(adapter, [Prompt("a", "<image> What color?", images=(Image.new("RGB", (32, 32)),))])
+    with pytest.raises(vision.VisionError, match="no vision inputs"):
+        completion_logprobs(loaded.model, adapter, replace(batch, vision=()), share_prefix=share)

@@ -109,12 +109,13 @@ class Adapter:
         ``input_ids`` [n, L] lets per-token extras (Qwen2-VL ``mm_token_type_ids``) be rebuilt from the padded
         batch; without it only the collated pixel tensors are returned. Text models and all-None: ``{}``.
         """
-        if not self.loaded.is_vlm or all(v is None for v in vision):
+        if not self.loaded.is_vlm:
             return {}
         from reinforced.models import vision as vis
 
         if input_ids is None:
-            return dict(vis.collate_vision(list(vision)))
+            return {} if all(v is None for v in vision) else dict(vis.collate_vision(list(vision)))
+        # Always through the guards: image placeholders in a row that carries no vision inputs must fail.
         return dict(vis.vision_forward_kwargs(self.model.config, input_ids, list(vision)))
 
     def forward_kwargs(
@@ -129,7 +130,8 @@ class Adapter:
         for M-RoPE models, else None). Decode steps continue from them with ``decode_position_ids``.
         """
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        kwargs.update(self.collate_vision(vision, input_ids) if vision else {})
+        rows = list(vision) if vision else [None] * input_ids.shape[0]
+        kwargs.update(self.collate_vision(rows, input_ids))
         text_positions = positions_from_mask(attention_mask)  # [B, L]
         if not self.uses_mrope:
             kwargs["position_ids"] = text_positions
