@@ -81,3 +81,20 @@ def test_existing_run_needs_resume(tmp_path):
     fit(cfg, show_progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         fit(cfg, show_progress=False)
+
+
+def test_failing_rewards_stop_the_run_after_a_checkpoint(tmp_path):
+    rows = [{"id": f"r{i}", "question": f"What is {i} + 1?", "answer": "many", "answer_type": "number"}
+            for i in range(4)]
+    data = tmp_path / "bad.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [
+        f"run.output_dir={tmp_path}", "run.name=bad", "model.name_or_path=tiny-qwen2", f"data.train=[{{path: {data}}}]",
+        "data.template=plain", "rollout.group_size=2", "rollout.max_new_tokens=4", "training.num_prompts=2",
+        "training.max_steps=3", "training.tensorboard=false", "rewards.terms=[{name: numeric, accuracy: true}]",
+    ])
+    from reinforced.training.loop import RewardFailure
+
+    with pytest.raises(RewardFailure, match="rewards failed"):
+        fit(cfg, show_progress=False)
+    assert (tmp_path / "bad" / "checkpoints" / "step-0" / "trainer_state.pt").exists()
