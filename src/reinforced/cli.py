@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reinforced.config import Config, ConfigError, load_config
@@ -166,7 +167,7 @@ def cmd_data(ns: argparse.Namespace) -> None:
         from reinforced.evaluation.run import filter_config
 
         cfg = load_from_args([ns.target, *ns.overrides])
-        out = filter_config(cfg, out=ns.out, k=ns.k, low=ns.low, high=ns.high)
+        out = filter_config(cfg, out=ns.out, k=ns.k, low=ns.low, high=ns.high, keep_extremes=ns.keep_extremes)
         console.print(f"wrote {out}")
 
 
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="samples per prompt")
     p.add_argument("--low", type=float, default=0.0, help="keep pass rate > low")
     p.add_argument("--high", type=float, default=1.0, help="keep pass rate < high")
+    p.add_argument("--keep-extremes", action="store_true", help="also keep pass rates of exactly 0 and 1")
     p.set_defaults(fn=cmd_data)
     p = sub.add_parser("report", help="write plots of a run")
     p.add_argument("run_dir")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         if os.environ.get("REINFORCED_DEBUG"):
             raise
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
         return 2
     return 0
 

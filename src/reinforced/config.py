@@ -321,7 +321,7 @@ def validate_cross_section(cfg: Config) -> None:
     try:
         spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
     except (KeyError, ValueError, TypeError) as err:
-        raise ConfigError(f"algorithm: {err}") from None
+        raise ConfigError(str(err)) from None
     n = cfg.training.num_prompts * cfg.rollout.group_size
     if spec.num_mini_batches > n:
         raise ConfigError(

@@ -68,7 +68,7 @@ def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, flo
     return metrics
 
 
-def filter_config(cfg: Config, out: str, k: int, low: float, high: float) -> Path:
+def filter_config(cfg: Config, out: str, k: int, low: float, high: float, keep_extremes: bool = False) -> Path:
     """Offline curation (Reason-RFT / Open-Reasoner-Zero): keep training prompts with low < pass rate < high.
 
     Samples ``k`` completions per prompt of ``cfg.data.train`` with ``cfg.model`` and writes the kept rows,
@@ -89,7 +89,8 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float) -> Pat
     try:
         prompts = build_eval_sets(cfg.eval.model_copy(update={"sets": cfg.data.train,
                                                               "max_prompts": 10**9}), cfg.run.seed)
-        kept, _ = filter_by_pass_rate([p for ps in prompts.values() for p in ps], pass_rates, low=low, high=high)
+        kept, _ = filter_by_pass_rate([p for ps in prompts.values() for p in ps], pass_rates, low=low, high=high,
+                                      keep_extremes=keep_extremes)
     finally:
         scorer.close()
     return write_jsonl(out, [p for p, _ in kept], [r for _, r in kept])
