@@ -22,6 +22,7 @@ All vocabulary work is batched tensor ops; the per-token Python is per row (stop
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from collections.abc import Sequence
@@ -125,6 +126,29 @@ class BuiltinEngine:
         banned = placeholder_token_ids(adapter.model.config) if adapter.loaded.is_vlm else []
         self._banned = torch.tensor(banned, dtype=torch.long) if banned else None
         self.last_stats: dict[str, float] = {}
+        self._bf16_copy: torch.nn.Module | None = None
+
+    def _rollout_model(self) -> torch.nn.Module:
+        """The module that samples: the training model, or under bf16 a bf16 copy of its weights.
+
+        Autocast would re-cast every fp32 weight at every decode step (measured: rollout twice as slow as
+        bf16 weights), so the engine keeps bf16 weights and refreshes them from the training weights at each
+        call (one cast per RL step). Buffers (rotary frequencies) stay float32.
+        """
+        model = self.adapter.model
+        if self.autocast != "bf16":
+            return model
+        with torch.no_grad():
+            if self._bf16_copy is None:
+                self._bf16_copy = copy.deepcopy(model).eval()
+                for p in self._bf16_copy.parameters():
+                    p.requires_grad_(False)
+                    p.grad = None
+                    p.data = p.data.to(torch.bfloat16)
+            else:
+                for dst, src in zip(self._bf16_copy.parameters(), model.parameters(), strict=True):
+                    dst.copy_(src)
+        return self._bf16_copy
 
     # ------------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[RolloutGroup]:
@@ -133,7 +157,8 @@ class BuiltinEngine:
         if not prompts:
             return []
         start = time.perf_counter()
-        model = self.adapter.model
+        model = self._rollout_model()
+        self._model = model
         was_training = model.training
         model.eval()
         encoded = [self._encode(p, params) for p in prompts]
@@ -171,7 +196,7 @@ class BuiltinEngine:
 
     def _forward(self, cache: DynamicCache, **kwargs: Any) -> torch.Tensor:
         """Last-position logits [B, V] (float32) of a forward that extends ``cache`` in place."""
-        out = self.adapter.model(**kwargs, **{self._cache_kwarg: cache}, use_cache=True, logits_to_keep=1)
+        out = self._model(**kwargs, **{self._cache_kwarg: cache}, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     def _prefill(self, encoded: list[EncodedPrompt], device: torch.device) -> dict[str, Any]:
@@ -184,7 +209,7 @@ class BuiltinEngine:
             ids[i, width - len(e.input_ids) :] = torch.tensor(e.input_ids, device=device)
             mask[i, width - len(e.input_ids) :] = 1
         kwargs, deltas = self.adapter.forward_kwargs(ids, mask, [e.vision for e in encoded])
-        cache = _new_cache(self.adapter.model)
+        cache = _new_cache(self._model)
         logits = self._forward(cache, **kwargs)  # [P, V]
         next_pos = mask.sum(-1, keepdim=True)  # [P, 1] text position of the first new token
         return {"logits": logits, "cache": cache, "mask": mask, "next_pos": next_pos, "deltas": deltas}

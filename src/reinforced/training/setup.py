@@ -89,6 +89,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
 
     policy = load_policy(cfg.model)
     reference = load_reference(policy) if spec.needs_reference else None
+    if reference is not None and cfg.training.autocast == "bf16":
+        for p in reference.parameters():  # frozen: bf16 weights once instead of a cast at every forward
+            p.data = p.data.to(torch.bfloat16)
     adapter = Adapter(policy, cfg.data.template)
     engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
                           max_prompt_tokens=cfg.rollout.max_prompt_tokens)
