@@ -29,7 +29,8 @@ def make_batch(adapter, prompts, texts=("<think>4", "12 circles</think>", "7")):
 
 def forward_and_grads(model, adapter, batch, share):
     model.zero_grad()
-    lp, ent = completion_logprobs(model, adapter, batch, temperature=0.7, with_entropy=True, share_prefix=share)
+    lp, ent = completion_logprobs(model, adapter, batch, temperature=0.7, with_entropy=True, share_prefix=share,
+                                  entropy_grad=True)
     (lp.sum() + 0.1 * ent.sum()).backward()
     return lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 

@@ -25,9 +25,13 @@ _ROWS_PER_CHUNK = 4
 
 
 def token_logprobs(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs [n, T] of ``targets`` [n, T] under logits [n, T, V] / temperature, and entropy [n, T].
+
+    The entropy carries a gradient only with ``entropy_grad`` (an entropy bonus in the loss); as a metric it
+    is computed without building a graph over the [n, T, V] softmax.
 
     >>> lp, ent = token_logprobs(torch.zeros(1, 2, 4), torch.tensor([[0, 3]]), with_entropy=True)
     >>> lp.exp(), ent.exp()   # uniform over 4 tokens
@@ -41,8 +45,9 @@ def token_logprobs(
         lse = torch.logsumexp(z, dim=-1)  # [c, T]
         lps.append(z.gather(-1, targets[i : i + _ROWS_PER_CHUNK, :, None]).squeeze(-1) - lse)
         if with_entropy:
-            # H = logsumexp(z) - sum_v softmax(z)_v z_v
-            ents.append(lse - (z.softmax(-1) * z).sum(-1))
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                # H = logsumexp(z) - sum_v softmax(z)_v z_v
+                ents.append(lse - (z.softmax(-1) * z).sum(-1))
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 
@@ -62,6 +67,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     share_prefix: bool = True,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs [n, T] (and entropy [n, T] or None) of the completion tokens of ``batch`` under ``model``.
 
@@ -83,7 +89,7 @@ def completion_logprobs(
         else:
             logits = model(**kwargs, use_cache=False).logits[:, s - 1 : -1]
     targets = batch.input_ids[:, s:]  # [n, T]
-    logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy)
+    logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy, entropy_grad)
     real = batch.attention_mask[:, s:].bool()  # [n, T]
     logprobs = logprobs.masked_fill(~real, 0.0)
     if entropy is not None:

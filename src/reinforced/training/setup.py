@@ -49,7 +49,7 @@ class Run:
     def logprobs(self, model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return completion_logprobs(model, self.adapter, batch, temperature=self.cfg.rollout.temperature,
-                                   with_entropy=with_entropy)
+                                   with_entropy=with_entropy, entropy_grad=self.spec.entropy_coef > 0)
 
 
 def seed_everything(seed: int) -> None:
