@@ -6,7 +6,7 @@ subprocess (so peak RSS is per run); the two implementations are interleaved and
 is dropped (warm-up), because this machine's speed drifts between runs.
 
     python bench/compare_trl.py                         # SmolLM2-135M-Instruct (pulled), beta 0 and 0.04
-    python bench/compare_trl.py --model reinforced-tiny-vlm --task count_shapes --betas 0.0
+    python bench/compare_trl.py --model reinforced-tiny-vlm --task count_shapes --template plain --max-new-tokens 16
 
 Prints median seconds per step, rollout tokens/s and peak RSS for both and their ratio.
 TRL is a bench-only dependency: `pip install -e ".[bench]"` (make bench does it).
@@ -32,6 +32,7 @@ def peak_rss_gib() -> float:
 def reinforced_overrides(a: argparse.Namespace, out: str) -> list[str]:
     return [
         f"model.name_or_path={a.model}", f"data.train=[{{task: {a.task}}}]", "eval.sets=[]",
+        f"data.template={a.template}",
         f"rollout.group_size={a.group_size}", f"rollout.max_new_tokens={a.max_new_tokens}",
         f"training.num_prompts={a.num_prompts}", f"training.micro_batch_size={a.micro_batch_size}",
         f"training.max_steps={a.steps}", f"algorithm.kl.coef={a.beta}", "training.tensorboard=false",
@@ -76,6 +77,11 @@ def run_trl(a: argparse.Namespace) -> dict:
     prompts = sampler.next(a.num_prompts * (a.steps + 1))
     by_id = {p.prompt_id: p for p in prompts}
     rows = [{"prompt": to_messages(p, cfg.data.template), "prompt_id": p.prompt_id} for p in prompts]
+    if loaded.is_vlm:  # TRL takes the images from an "images" column and the processor as processing_class
+        from reinforced.models.vision import load_image
+
+        for row, p in zip(rows, prompts, strict=True):
+            row["images"] = [load_image(im, p.prompt_id) for im in p.images]
     composer = RewardComposer(tuple(RewardTerm(**t) for t in TASKS[a.task].reward_terms), {}, timeout_s=5.0)
 
     def reward(prompts, completions, prompt_id, completion_ids, **_):  # noqa: ANN001 - TRL's signature
@@ -102,7 +108,8 @@ def run_trl(a: argparse.Namespace) -> dict:
         use_cpu=True, bf16=a.bf16, temperature=1.0, loss_type="grpo", seed=0, dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(model=loaded.model, reward_funcs=[reward], args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
+                          train_dataset=Dataset.from_list(rows),
+                          processing_class=loaded.processor if loaded.is_vlm else loaded.tokenizer,
                           callbacks=[Timer()])
     trainer.train()
     composer.close()
@@ -116,6 +123,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--task", default="arithmetic")
+    p.add_argument("--template", default="think_answer")
     p.add_argument("--num-prompts", type=int, default=4)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
