@@ -24,7 +24,7 @@ from rich.table import Table
 
 from reinforced.config import Config, ConfigError, load_config
 
-DEFAULT_CONFIG = "smollm2_arithmetic_grpo.yaml"
+DEFAULT_CONFIG = "tiny_vlm_count_grpo.yaml"
 console = Console()
 
 
