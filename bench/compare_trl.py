@@ -63,12 +63,12 @@ def run_trl(a: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from reinforced.config import RewardTerm, load_config
+    from reinforced.config import load_config
     from reinforced.data import build_sampler
-    from reinforced.data.tasks import TASKS
     from reinforced.data.templates import to_messages
     from reinforced.models import load_policy
     from reinforced.rewards import RewardComposer
+    from reinforced.training.setup import task_reward_sets
     from reinforced.types import Completion, RolloutGroup
 
     cfg = load_config(None, reinforced_overrides(a, tempfile.mkdtemp()))
@@ -82,7 +82,7 @@ def run_trl(a: argparse.Namespace) -> dict:
 
         for row, p in zip(rows, prompts, strict=True):
             row["images"] = [load_image(im, p.prompt_id) for im in p.images]
-    composer = RewardComposer(tuple(RewardTerm(**t) for t in TASKS[a.task].reward_terms), {}, timeout_s=5.0)
+    composer = RewardComposer(cfg.rewards.terms, task_reward_sets(cfg), timeout_s=cfg.rewards.timeout_s)
 
     def reward(prompts, completions, prompt_id, completion_ids, **_):  # noqa: ANN001 - TRL's signature
         groups = [RolloutGroup(prompt=by_id[pid], completions=(
@@ -93,6 +93,21 @@ def run_trl(a: argparse.Namespace) -> dict:
         return [g.rewards[0] for g in scored]
 
     times: list[float] = []
+    gen_s: list[float] = []
+    gen_tokens: list[int] = []
+    generate = loaded.model.generate
+    pad = loaded.tokenizer.pad_token_id
+
+    def timed_generate(*args, **kwargs):  # noqa: ANN002, ANN003 - TRL's call
+        t0 = time.perf_counter()
+        out = generate(*args, **kwargs)
+        gen_s.append(time.perf_counter() - t0)
+        ids = getattr(out, "sequences", out)
+        prompt = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        gen_tokens.append(int((ids[:, prompt.shape[1]:] != pad).sum()))  # EOS == pad: stops are not counted
+        return out
+
+    loaded.model.generate = timed_generate
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *args, **kwargs):  # noqa: ANN002, ANN003
@@ -115,7 +130,8 @@ def run_trl(a: argparse.Namespace) -> dict:
     composer.close()
     step_s = statistics.median(times[1:])
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
-    return {"impl": "trl", "step_s": step_s, "peak_rss_gib": peak_rss_gib(),
+    return {"impl": "trl", "step_s": step_s, "rollout_s": statistics.median(gen_s[1:]),
+            "rollout_tokens_per_s": sum(gen_tokens[1:]) / sum(gen_s[1:]), "peak_rss_gib": peak_rss_gib(),
             "total_tokens": tokens[-1] if tokens else None}
 
 

@@ -35,6 +35,9 @@ class RunConfig(Section):
     """Parent directory of run directories."""
     seed: int = 0
     """Seed for data sampling, rollout sampling and model initialisation of new heads."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads for torch (None: torch's default, one per core). 1 keeps tiny models fast and steady
+    when other jobs share the cores (oversubscribed OpenMP threads can slow small ops tenfold)."""
 
 
 class ModelConfig(Section):
@@ -119,6 +122,29 @@ class RolloutConfig(Section):
     """Extra stop strings (the tokenizer's EOS always stops)."""
     max_prompt_tokens: int = Field(1024, ge=1)
     """Prompts longer than this are an error naming the prompt."""
+    length_schedule: tuple[tuple[int, int], ...] = ()
+    """Progressive thinking length (Vision-R1's PTST, arXiv 2503.06749): ``[[from_step, max_new_tokens],
+    ...]`` in increasing step order; before the first entry, ``max_new_tokens`` applies."""
+
+    @model_validator(mode="after")
+    def _increasing_schedule(self) -> RolloutConfig:
+        steps = [s for s, _ in self.length_schedule]
+        if steps != sorted(set(steps)) or any(n < 1 for _, n in self.length_schedule):
+            raise ValueError(f"length_schedule must list [from_step, max_new_tokens >= 1] with increasing steps, "
+                             f"got {self.length_schedule}")
+        return self
+
+    def max_new_tokens_at(self, step: int) -> int:
+        """The generation budget at RL step ``step`` (the length schedule's last entry at or before it).
+
+        >>> RolloutConfig(max_new_tokens=64, length_schedule=((10, 128), (20, 256))).max_new_tokens_at(15)
+        128
+        """
+        budget = self.max_new_tokens
+        for start, tokens in self.length_schedule:
+            if step >= start:
+                budget = tokens
+        return budget
 
 
 class RewardTerm(Section):

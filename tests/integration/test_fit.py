@@ -98,3 +98,13 @@ def test_failing_rewards_stop_the_run_after_a_checkpoint(tmp_path):
     with pytest.raises(RewardFailure, match="rewards failed"):
         fit(cfg, show_progress=False)
     assert (tmp_path / "bad" / "checkpoints" / "step-0" / "trainer_state.pt").exists()
+
+
+def test_progressive_length_schedule_sets_the_budget_per_step(tmp_path):
+    cfg = config(tmp_path, "ptst", "model.name_or_path=tiny-qwen2", "training.max_steps=3", "eval.sets=[]",
+                 "rollout.max_new_tokens=2", "rollout.length_schedule=[[2, 5], [3, 9]]")
+    result = fit(cfg, show_progress=False)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    longest = {r["step"]: r["rollout/completion_len"] for r in rows if "rollout/completion_len" in r}
+    assert longest[1] <= 2 and longest[2] <= 5 and longest[3] <= 9
+    assert max(longest.values()) > 2  # the budget really grew (random models rarely stop early)

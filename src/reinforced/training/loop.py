@@ -111,7 +111,7 @@ def pretrain_critic(run: Run) -> dict[str, float]:
 
 def sampling_params(run: Run, step: int, round_: int) -> SamplingParams:
     r = run.cfg.rollout
-    return SamplingParams(group_size=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+    return SamplingParams(group_size=r.group_size, max_new_tokens=r.max_new_tokens_at(step), temperature=r.temperature,
                           top_p=r.top_p, top_k=r.top_k, stop=r.stop,
                           seed=run.cfg.run.seed * 1_000_003 + step * 1009 + round_)
 

@@ -86,6 +86,8 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     (run_dir / "algorithm.txt").write_text("".join(f"{k}: {v}\n" for k, v in spec.describe()))
     seed_everything(cfg.run.seed)
+    if cfg.run.num_threads is not None:
+        torch.set_num_threads(cfg.run.num_threads)
 
     policy = load_policy(cfg.model)
     reference = load_reference(policy) if spec.needs_reference else None
@@ -116,11 +118,13 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         critic = ValueModel(policy.model, seed=cfg.run.seed)
         critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
                                         total_steps=total_opt_steps)
+    max_new_tokens = max((cfg.rollout.max_new_tokens, *(n for _, n in cfg.rollout.length_schedule)))
     run = Run(cfg=cfg, spec=spec, run_dir=run_dir, policy=policy, adapter=adapter, engine=engine,
               rewards=rewards, sampler=sampler, eval_sets=eval_sets, updater=None,  # type: ignore[arg-type]
               reference=reference)
     run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
-                          scheduler=scheduler, max_completion_len=cfg.rollout.max_new_tokens, logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
+                          scheduler=scheduler, max_completion_len=max_new_tokens,
+                          logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
                           critic=critic, critic_optimizer=critic_opt, value_fn=completion_values)
     run.generator.manual_seed(cfg.run.seed)
     if resume:
