@@ -69,7 +69,7 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
                 t2 = time.perf_counter()
                 train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
                 stats["perf/prepare_s"], stats["perf/update_s"] = t2 - t1, time.perf_counter() - t2
-                stats.update(adv_stats | train_stats)
+                stats = adv_stats | train_stats | stats  # rollout-wide reward stats win over the kept groups
                 stats["perf/step_s"] = time.perf_counter() - t0
                 stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/rollout_s"]
                 if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
