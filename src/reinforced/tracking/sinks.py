@@ -67,7 +67,8 @@ def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limi
     out = run_dir / "samples" / f"step-{step:06d}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for group in groups:
+    for p, group in enumerate(groups):
+        images = _image_refs(group.prompt.images, out.parent / f"step-{step:06d}-p{p}") if len(rows) < limit else []
         for g, completion in enumerate(group.completions):
             if len(rows) >= limit:
                 break
@@ -75,7 +76,7 @@ def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limi
                 {
                     "prompt_id": group.prompt.prompt_id,
                     "question": group.prompt.question,
-                    "images": [str(i) for i in group.prompt.images if isinstance(i, (str, Path))],
+                    "images": images,
                     "answer": group.prompt.answer,
                     "completion": completion.text,
                     "finish_reason": completion.finish_reason,
@@ -86,3 +87,16 @@ def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limi
                 }
             )
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _image_refs(images: Sequence[Any], stem: Path) -> list[str]:
+    """Paths of a prompt's images; in-memory images (procedural tasks) are saved as PNG next to the samples."""
+    refs = []
+    for k, image in enumerate(images):
+        if isinstance(image, (str, Path)):
+            refs.append(str(image))
+        elif hasattr(image, "save"):
+            path = stem.with_name(f"{stem.name}-{k}.png")
+            image.save(path)
+            refs.append(path.name)
+    return refs

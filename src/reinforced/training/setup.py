@@ -110,10 +110,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     critic = critic_opt = None
     if spec.critic is not None:
         if policy.is_vlm:
-            raise NotImplementedError("value-based methods (a critic) are text-only for now; use a value-free "
+            raise ValueError("value-based methods (a critic) are text-only for now; use a value-free "
                                       "preset such as grpo or dapo for vision-language models")
         if spec.critic.shared_trunk:
-            raise NotImplementedError("critic.shared_trunk=true is not supported yet: the critic has its own "
+            raise ValueError("critic.shared_trunk=true is not supported yet: the critic has its own "
                                       "backbone (a copy of the policy's); set algorithm.critic.shared_trunk=false")
         critic = ValueModel(policy.model, seed=cfg.run.seed)
         critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,

@@ -1,0 +1,42 @@
+"""Run outputs: metrics.jsonl (one row per step after a resume), samples with their images, plots."""
+
+import json
+
+from PIL import Image
+
+from reinforced.tracking.report import plot_run
+from reinforced.tracking.sinks import MetricsWriter, read_metrics, write_samples
+from reinforced.types import Completion, Prompt, RolloutGroup
+
+
+def test_metrics_rows_and_truncation_on_resume(tmp_path):
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(1, 5):
+        w.log(step, {"reward/mean": step / 10, "train/kl_ref": float("nan")})
+    w.truncate_after(2)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["train/kl_ref"] is None  # NaN is written as null: the file stays valid JSON
+
+
+def test_samples_keep_images_and_reward_components(tmp_path):
+    image = Image.new("RGB", (16, 16), (255, 0, 0))
+    group = RolloutGroup(
+        prompt=Prompt("p0", "How many?", answer="3", images=(image, "images/a.png")),
+        completions=(Completion("<answer>3</answer>", (1, 2), (-0.1, -0.2), "stop"),) * 3,
+        rewards=(1.0, 1.0, 1.0), accuracy=(1.0, 1.0, 1.0), components={"count": (1.0, 1.0, 1.0)})
+    write_samples(tmp_path, 7, [group], limit=2)
+    rows = [json.loads(x) for x in (tmp_path / "samples" / "step-000007.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["components"] == {"count": 1.0} and rows[0]["reward"] == 1.0
+    saved, given = rows[0]["images"]
+    assert given == "images/a.png"
+    assert Image.open(tmp_path / "samples" / saved).size == (16, 16)
+
+
+def test_plots_are_written(tmp_path):
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(3):
+        w.log(step, {"reward/mean": step, "accuracy/mean": 0.1 * step, "rollout/completion_len": 5,
+                     "train/entropy": 1.0, "eval/x/accuracy": 0.5})
+    names = sorted(p.name for p in plot_run(tmp_path))
+    assert names == ["accuracy.png", "completion_length.png", "entropy.png", "reward.png"]
