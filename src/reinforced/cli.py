@@ -60,9 +60,14 @@ def load_from_args(args: list[str]) -> Config:
 def cmd_train(ns: argparse.Namespace) -> None:
     from reinforced.training.loop import fit
 
+    from reinforced.algorithms import resolve_spec
+
     cfg = load_from_args(ns.args)
     console.print(f"[bold]reinforced[/] run [cyan]{cfg.run.name}[/]: model {cfg.model.name_or_path}, "
                   f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps")
+    spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
+    console.print("  " + "; ".join(f"{axis}: {value}" for axis, value in spec.describe()), highlight=False,
+                  markup=False)
     result = fit(cfg, resume=ns.resume, show_progress=not ns.no_progress)
     print_before_after(result.before, result.after)
     console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, samples/, checkpoints/)")

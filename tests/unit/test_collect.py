@@ -1,0 +1,73 @@
+"""The loop's collect stage: DAPO dynamic sampling refills the batch with informative groups only."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from reinforced.algorithms import resolve_spec
+from reinforced.config import load_config
+from reinforced.training.loop import collect
+from reinforced.types import Completion, Prompt, RolloutGroup
+
+
+class Sampler:
+    def __init__(self):
+        self.i, self.observed = 0, []
+
+    def next(self, n):
+        self.i += n
+        return [Prompt(f"p{k}", "q") for k in range(self.i - n, self.i)]
+
+    def observe(self, ids, accuracies, step):
+        self.observed += list(ids)
+
+    def stats(self):
+        return {}
+
+
+class Engine:
+    def generate(self, prompts, params):
+        comp = Completion("x", (1, 2), (0.0, 0.0), "stop")
+        return [RolloutGroup(p, (comp,) * params.group_size, prompt_ids=(1,)) for p in prompts]
+
+
+class Rewards:
+    """Prompt k: all correct when k % 3 == 0, all wrong when k % 3 == 1, mixed otherwise."""
+
+    def score(self, groups):
+        out = []
+        for g in groups:
+            k = int(g.prompt.prompt_id[1:])
+            acc = {0: (1.0,) * 4, 1: (0.0,) * 4}.get(k % 3, (1.0, 0.0, 0.0, 1.0))
+            out.append(g.scored(rewards=acc, accuracy=acc))
+        return out, {"reward/mean": 0.5, "reward/error_frac": 0.0}
+
+
+def make_run(preset, overrides=()):
+    cfg = load_config(None, ["rollout.group_size=4", "training.num_prompts=3", *overrides])
+    spec = resolve_spec(cfg.algorithm.preset if preset is None else preset, cfg.algorithm.overrides)
+    return SimpleNamespace(cfg=cfg, spec=spec, sampler=Sampler(), engine=Engine(), rewards=Rewards(),
+                           run_dir="runs/x")
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups():
+    run = make_run("dapo")
+    kept, stats = collect(run, step=1)
+    assert len(kept) == 3
+    assert all(len(set(g.accuracy)) > 1 for g in kept)  # no all-correct / all-wrong group
+    assert stats["filter/rounds"] == 3  # one informative prompt per round of 3
+    assert len(run.sampler.observed) == 9  # every scored prompt updates the sampler, kept or not
+
+
+def test_without_dynamic_sampling_one_round_keeps_everything():
+    run = make_run("grpo")
+    kept, stats = collect(run, step=1)
+    assert len(kept) == 3 and stats["filter/rounds"] == 1
+
+
+def test_dynamic_sampling_gives_up_after_its_cap_with_a_clear_error():
+    run = make_run("dapo")
+    run.rewards.score = lambda groups: ([g.scored(rewards=(0.0,) * 4, accuracy=(0.0,) * 4) for g in groups],
+                                        {"reward/error_frac": 0.0})
+    with pytest.raises(RuntimeError, match="no informative prompt group after 10 sampling rounds"):
+        collect(run, step=1)
