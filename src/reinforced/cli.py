@@ -58,9 +58,8 @@ def load_from_args(args: list[str]) -> Config:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from reinforced.training.loop import fit
-
     from reinforced.algorithms import resolve_spec
+    from reinforced.training.loop import fit
 
     cfg = load_from_args(ns.args)
     console.print(f"[bold]reinforced[/] run [cyan]{cfg.run.name}[/]: model {cfg.model.name_or_path}, "

@@ -35,6 +35,9 @@ class RunConfig(Section):
     """Parent directory of run directories."""
     seed: int = 0
     """Seed for data sampling, rollout sampling and model initialisation of new heads."""
+    device: str = "auto"
+    """Where the models run: ``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``, ``cuda``,
+    ``cuda:N``."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads for torch (None: torch's default, one per core). 1 keeps tiny models fast and steady
     when other jobs share the cores (oversubscribed OpenMP threads can slow small ops tenfold)."""

@@ -188,6 +188,21 @@ class TrainBatch:
             vision=vision,
         )
 
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """Every tensor (vision inputs included) on ``device``; a no-op copy when already there."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        vision = tuple(None if v is None else {k: t.to(device) for k, t in v.items()} for v in self.vision)
+        return replace(
+            self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+            completion_mask=self.completion_mask.to(device), old_logprobs=self.old_logprobs.to(device),
+            advantages=self.advantages.to(device), group_index=self.group_index.to(device),
+            is_truncated=self.is_truncated.to(device), ref_logprobs=move(self.ref_logprobs),
+            returns=move(self.returns), old_values=move(self.old_values), vision=vision,
+        )
+
     def split(self, micro_batch_size: int) -> list[TrainBatch]:
         """Consecutive micro-batches of at most ``micro_batch_size`` rows."""
         if micro_batch_size < 1:

@@ -108,3 +108,18 @@ def test_progressive_length_schedule_sets_the_budget_per_step(tmp_path):
     longest = {r["step"]: r["rollout/completion_len"] for r in rows if "rollout/completion_len" in r}
     assert longest[1] <= 2 and longest[2] <= 5 and longest[3] <= 9
     assert max(longest.values()) > 2  # the budget really grew (random models rarely stop early)
+
+
+def test_device_setting(tmp_path):
+    from reinforced.training.setup import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="not a device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    cfg = config(tmp_path, "cpu", "model.name_or_path=tiny-qwen2", "training.max_steps=1", "run.device=cpu",
+                 "eval.sets=[]")
+    assert fit(cfg, show_progress=False).steps == 1

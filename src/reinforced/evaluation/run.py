@@ -16,6 +16,7 @@ from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.models import Adapter, load_policy
 from reinforced.rewards import RewardComposer
 from reinforced.rollout import build_engine
+from reinforced.training.setup import resolve_device
 from reinforced.types import Prompt
 
 VERIFIER_BY_ANSWER_TYPE = {
@@ -53,6 +54,7 @@ def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, flo
     if not prompts:
         raise ValueError("nothing to evaluate: give --data FILE... or eval.sets in the config")
     policy = load_policy(cfg.model)
+    policy.model.to(resolve_device(cfg.run.device))
     adapter = Adapter(policy, cfg.data.template)
     engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
                           max_prompt_tokens=cfg.rollout.max_prompt_tokens)
@@ -75,6 +77,7 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float, keep_e
     each with its measured ``pass_rate`` in ``meta`` (it can seed a curriculum).
     """
     policy = load_policy(cfg.model)
+    policy.model.to(resolve_device(cfg.run.device))
     adapter = Adapter(policy, cfg.data.template)
     engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
                           max_prompt_tokens=cfg.rollout.max_prompt_tokens)

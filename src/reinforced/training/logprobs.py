@@ -107,8 +107,10 @@ def shared_prefix_logits(model: Any, adapter: Adapter, batch: TrainBatch, invers
     [n] maps each row to its distinct prompt.
     """
     s = batch.prompt_len
-    first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long)
-    first.scatter_(0, inverse.flip(0), torch.arange(len(inverse) - 1, -1, -1))  # a row of each prompt
+    device = batch.input_ids.device
+    first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long, device=device)
+    rows = torch.arange(len(inverse) - 1, -1, -1, device=device)
+    first.scatter_(0, inverse.flip(0), rows)  # a row of each prompt
     vision = [batch.vision[i] for i in first.tolist()] if batch.vision else []
     prompt_mask = batch.attention_mask[first, :s]
     kwargs, deltas = adapter.forward_kwargs(batch.input_ids[first, :s], prompt_mask, vision)
@@ -120,6 +122,6 @@ def shared_prefix_logits(model: Any, adapter: Adapter, batch: TrainBatch, invers
     rest = model(
         input_ids=batch.input_ids[:, s:], attention_mask=batch.attention_mask, position_ids=positions,
         **{_cache_kwarg(model): cache}, use_cache=True,
-        cache_position=torch.arange(s, batch.input_ids.shape[1]),
+        cache_position=torch.arange(s, batch.input_ids.shape[1], device=device),
     ).logits  # [n, T, V]: column t predicts completion token t+1
     return torch.cat([out.logits[inverse, -1:], rest[:, :-1]], dim=1)

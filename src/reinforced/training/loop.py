@@ -35,7 +35,7 @@ from reinforced.tracking.report import plot_run
 from reinforced.tracking.sinks import MetricsWriter, write_samples
 from reinforced.training.batch import accuracy_matrix, collate_groups, rewards_matrix, step_token_rewards
 from reinforced.training.setup import Run, save, setup
-from reinforced.training.step import _Mean, autocast
+from reinforced.training.step import _Mean, autocast, model_device
 from reinforced.types import RolloutGroup, SamplingParams, TrainBatch
 
 
@@ -172,12 +172,14 @@ def forward_in_micro_batches(run: Run, model: torch.nn.Module, batch: TrainBatch
                              ) -> torch.Tensor:
     """Reference log-probs (or critic values) of the whole batch, computed micro-batch by micro-batch."""
     out = []
+    device = model_device(model)
     for micro in batch.split(run.cfg.training.micro_batch_size):
-        with autocast(run.cfg.training.autocast):
+        micro = micro.to(device)
+        with autocast(run.cfg.training.autocast, device):
             if values:
-                out.append(run.updater.value_fn(model, micro).float())  # type: ignore[misc]
+                out.append(run.updater.value_fn(model, micro).float().cpu())  # type: ignore[misc]
             else:
-                out.append(run.logprobs(model, micro)[0].float())
+                out.append(run.logprobs(model, micro)[0].float().cpu())
     return torch.cat(out) * batch.completion_mask
 
 

@@ -52,6 +52,19 @@ class Run:
                                    with_entropy=with_entropy, entropy_grad=self.spec.entropy_coef > 0)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA GPU when one is visible, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"run.device={name!r} is not a device: {err} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name!r} but no CUDA GPU is visible; use run.device=cpu or auto")
+    return device
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -89,7 +102,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     if cfg.run.num_threads is not None:
         torch.set_num_threads(cfg.run.num_threads)
 
+    device = resolve_device(cfg.run.device)
     policy = load_policy(cfg.model)
+    policy.model.to(device)
     reference = load_reference(policy) if spec.needs_reference else None
     if reference is not None and cfg.training.autocast == "bf16":
         for p in reference.parameters():  # frozen: bf16 weights once instead of a cast at every forward
@@ -115,7 +130,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         if spec.critic.shared_trunk:
             raise ValueError("critic.shared_trunk=true is not supported yet: the critic has its own "
                                       "backbone (a copy of the policy's); set algorithm.critic.shared_trunk=false")
-        critic = ValueModel(policy.model, seed=cfg.run.seed)
+        critic = ValueModel(policy.model, seed=cfg.run.seed).to(device)
         critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
                                         total_steps=total_opt_steps)
     max_new_tokens = max((cfg.rollout.max_new_tokens, *(n for _, n in cfg.rollout.length_schedule)))
