@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[bench]" $(TORCH)
-	$(PY) bench/compare_trl.py
+	$(PY) bench/compare_trl.py --bf16
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
