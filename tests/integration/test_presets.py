@@ -53,3 +53,26 @@ def test_preset_runs_two_steps(tmp_path, preset):
             assert math.isfinite(r["critic/loss"])
     if spec.critic is not None and spec.critic.pretrain_steps:
         assert rows[0]["critic/pretrain_steps"] >= 1
+
+
+def test_critic_on_the_policy_trunk(tmp_path):
+    """critic.shared_trunk: one forward feeds the policy and value losses; the head is checkpointed."""
+    cfg = load_config(None, [*BASE, "algorithm.preset=orz_ppo", "algorithm.critic.shared_trunk=true",
+                             f"run.output_dir={tmp_path}", "run.name=shared", "training.checkpoint_every=1"])
+    result = fit(cfg, show_progress=False)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/loss" in r]
+    assert all(math.isfinite(r["train/value/value_loss"]) for r in train)
+    assert "critic/loss" not in train[0]  # no separate critic optimiser steps
+    import torch
+
+    head_1 = torch.load(result.run_dir / "checkpoints" / "step-1" / "critic.pt")
+    head_2 = torch.load(result.run_dir / "checkpoints" / "step-2" / "critic.pt")
+    assert not torch.equal(head_1["linear.weight"], head_2["linear.weight"])
+
+
+def test_value_pretraining_needs_a_separate_critic(tmp_path):
+    cfg = load_config(None, [*BASE, "algorithm.preset=vc_ppo", "algorithm.critic.shared_trunk=true",
+                             f"run.output_dir={tmp_path}", "run.name=clash"])
+    with pytest.raises(ValueError, match="needs a separate critic"):
+        fit(cfg, show_progress=False)

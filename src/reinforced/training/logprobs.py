@@ -73,32 +73,57 @@ def completion_logprobs(
 
     Differentiable (call under ``torch.no_grad()`` for old/reference logprobs). Padding positions
     (attention mask 0 in the completion part) are 0 in both outputs. With ``share_prefix``, rows of the same
-    group (same prompt) run the prompt once: see ``shared_prefix_logits``.
+    group (same prompt) run the prompt once: see ``shared_prefix_forward``.
     """
+    logprobs, entropy, _ = completion_forward(model, adapter, batch, temperature, with_entropy, share_prefix,
+                                              entropy_grad)
+    return logprobs, entropy
+
+
+def completion_forward(
+    model: Any,
+    adapter: Adapter,
+    batch: TrainBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    share_prefix: bool = True,
+    entropy_grad: bool = False,
+    with_hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``completion_logprobs`` plus, with ``with_hidden``, the last hidden states [n, T, H] that predict each
+    completion token (the LM head's input: a value head on the policy trunk reads them)."""
     s = batch.prompt_len
     t = batch.input_ids.shape[1] - s
     unique, inverse = torch.unique(batch.group_index, return_inverse=True)
+    hidden = None
+    extra = {"output_hidden_states": True} if with_hidden else {}  # not every forward accepts the flag
     if share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model):
-        logits = shared_prefix_logits(model, adapter, batch, inverse)
+        logits, hidden = shared_prefix_forward(model, adapter, batch, inverse, with_hidden)
     else:
         kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
         if _accepts_logits_to_keep(model):
             # completion token t sits at column S+t and is predicted by column S+t-1: keep S-1 .. S+T-1
-            out = model(**kwargs, use_cache=False, logits_to_keep=t + 1)
+            out = model(**kwargs, use_cache=False, logits_to_keep=t + 1, **extra)
             logits = out.logits[:, :-1]  # [n, T, V]
         else:
-            logits = model(**kwargs, use_cache=False).logits[:, s - 1 : -1]
+            out = model(**kwargs, use_cache=False, **extra)
+            logits = out.logits[:, s - 1 : -1]
+        if with_hidden:
+            hidden = out.hidden_states[-1][:, s - 1 : s - 1 + t]  # [n, T, H]
     targets = batch.input_ids[:, s:]  # [n, T]
     logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy, entropy_grad)
     real = batch.attention_mask[:, s:].bool()  # [n, T]
     logprobs = logprobs.masked_fill(~real, 0.0)
     if entropy is not None:
         entropy = entropy.masked_fill(~real, 0.0)
-    return logprobs, entropy
+    return logprobs, entropy, hidden
 
 
-def shared_prefix_logits(model: Any, adapter: Adapter, batch: TrainBatch, inverse: torch.Tensor) -> torch.Tensor:
-    """Logits [n, T, V] predicting the completion tokens, running each distinct prompt once.
+def shared_prefix_forward(
+    model: Any, adapter: Adapter, batch: TrainBatch, inverse: torch.Tensor, with_hidden: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [n, T, V] predicting the completion tokens (and their hidden states [n, T, H] with
+    ``with_hidden``), running each distinct prompt once.
 
     The G completions of a prompt share its prefix: the prompt (and its images) is run once with a KV cache
     that keeps its autograd graph, the cache is expanded to the rows (``index_select``, whose backward sums
@@ -114,14 +139,19 @@ def shared_prefix_logits(model: Any, adapter: Adapter, batch: TrainBatch, invers
     vision = [batch.vision[i] for i in first.tolist()] if batch.vision else []
     prompt_mask = batch.attention_mask[first, :s]
     kwargs, deltas = adapter.forward_kwargs(batch.input_ids[first, :s], prompt_mask, vision)
-    out = model(**kwargs, use_cache=True, logits_to_keep=1)
+    extra = {"output_hidden_states": True} if with_hidden else {}
+    out = model(**kwargs, use_cache=True, logits_to_keep=1, **extra)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache.reorder_cache(inverse)  # [u, ...] -> [n, ...] along the batch axis
     text_positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, s:]  # [n, T]
     positions = adapter.decode_position_ids(text_positions, None if deltas is None else deltas[inverse])
     rest = model(
         input_ids=batch.input_ids[:, s:], attention_mask=batch.attention_mask, position_ids=positions,
-        **{_cache_kwarg(model): cache}, use_cache=True,
+        **{_cache_kwarg(model): cache}, use_cache=True, **extra,
         cache_position=torch.arange(s, batch.input_ids.shape[1], device=device),
-    ).logits  # [n, T, V]: column t predicts completion token t+1
-    return torch.cat([out.logits[inverse, -1:], rest[:, :-1]], dim=1)
+    )  # column t of the completion part predicts completion token t+1
+    logits = torch.cat([out.logits[inverse, -1:], rest.logits[:, :-1]], dim=1)  # [n, T, V]
+    if not with_hidden:
+        return logits, None
+    hidden = torch.cat([out.hidden_states[-1][inverse, -1:], rest.hidden_states[-1][:, :-1]], dim=1)
+    return logits, hidden  # [n, T, H]

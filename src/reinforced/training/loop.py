@@ -195,6 +195,8 @@ def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str,
     values = None
     if run.updater.critic is not None:
         values = forward_in_micro_batches(run, run.updater.critic, batch, values=True)
+    elif run.updater.value_head is not None:  # shared trunk: the head on the policy's own forward
+        values = forward_in_micro_batches(run, run.policy.model, batch, values=True)
     steps = step_token_rewards(groups, batch.completion_mask.shape[1], run.adapter.decode)
     adv = compute_advantages(spec, AdvantageInputs(
         rewards=rewards_matrix(groups), completion_mask=batch.completion_mask, old_logprobs=batch.old_logprobs,

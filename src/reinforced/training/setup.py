@@ -21,9 +21,9 @@ from reinforced.models import Adapter, LoadedModel, load_policy, load_reference
 from reinforced.rewards import RewardComposer
 from reinforced.rollout import build_engine
 from reinforced.training import checkpoint as ckpt
-from reinforced.training.logprobs import completion_logprobs
+from reinforced.training.logprobs import completion_forward, completion_logprobs
 from reinforced.training.step import Updater, build_optimizer
-from reinforced.training.value import ValueModel, completion_values
+from reinforced.training.value import ValueHead, ValueModel, completion_values
 from reinforced.types import TrainBatch
 
 
@@ -50,6 +50,15 @@ class Run:
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return completion_logprobs(model, self.adapter, batch, temperature=self.cfg.rollout.temperature,
                                    with_entropy=with_entropy, entropy_grad=self.spec.entropy_coef > 0)
+
+    def forward_with_hidden(self, model: torch.nn.Module, batch: TrainBatch
+                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Logprobs, entropy and last hidden states [n, T, H] (a value head on the policy's trunk)."""
+        logprobs, entropy, hidden = completion_forward(
+            model, self.adapter, batch, temperature=self.cfg.rollout.temperature, with_entropy=True,
+            entropy_grad=self.spec.entropy_coef > 0, with_hidden=True)
+        assert hidden is not None
+        return logprobs, entropy, hidden
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,18 +130,21 @@ def setup(cfg: Config, resume: bool = False) -> Run:
 
     total_opt_steps = cfg.training.max_steps * spec.num_epochs * spec.num_mini_batches
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer, scheduler = build_optimizer(params, cfg.training, total_steps=total_opt_steps)
-    critic = critic_opt = None
-    if spec.critic is not None:
+    critic = critic_opt = value_head = None
+    if spec.critic is not None and spec.critic.shared_trunk:
+        if spec.critic.pretrain_steps:
+            raise ValueError("critic.pretrain_steps > 0 with critic.shared_trunk=true would train the policy's "
+                             "trunk before RL; value pretraining (VC-PPO) needs a separate critic")
+        value_head = ValueHead(policy.model.config.get_text_config().hidden_size, cfg.run.seed).to(device)
+        params = [{"params": params}, {"params": list(value_head.parameters()), "lr": spec.critic.lr}]
+    elif spec.critic is not None:
         if policy.is_vlm:
-            raise ValueError("value-based methods (a critic) are text-only for now; use a value-free "
-                                      "preset such as grpo or dapo for vision-language models")
-        if spec.critic.shared_trunk:
-            raise ValueError("critic.shared_trunk=true is not supported yet: the critic has its own "
-                                      "backbone (a copy of the policy's); set algorithm.critic.shared_trunk=false")
+            raise ValueError("a separate critic is text-only for now; for vision-language models use "
+                             "algorithm.critic.shared_trunk=true or a value-free preset such as grpo or dapo")
         critic = ValueModel(policy.model, seed=cfg.run.seed).to(device)
         critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
                                         total_steps=total_opt_steps)
+    optimizer, scheduler = build_optimizer(params, cfg.training, total_steps=total_opt_steps)
     max_new_tokens = max((cfg.rollout.max_new_tokens, *(n for _, n in cfg.rollout.length_schedule)))
     run = Run(cfg=cfg, spec=spec, run_dir=run_dir, policy=policy, adapter=adapter, engine=engine,
               rewards=rewards, sampler=sampler, eval_sets=eval_sets, updater=None,  # type: ignore[arg-type]
@@ -140,7 +152,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
                           scheduler=scheduler, max_completion_len=max_new_tokens,
                           logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
-                          critic=critic, critic_optimizer=critic_opt, value_fn=completion_values)
+                          critic=critic, critic_optimizer=critic_opt, value_fn=completion_values,
+                          value_head=value_head, hidden_fn=run.forward_with_hidden)
+    if value_head is not None:  # old values: the value head on the policy's own forward
+        run.updater.value_fn = lambda m, b: value_head(run.forward_with_hidden(m, b)[2].float()) * b.completion_mask
     run.generator.manual_seed(cfg.run.seed)
     if resume:
         restore(run)
@@ -161,7 +176,8 @@ def trainer_state(run: Run) -> dict[str, Any]:
 
 def save(run: Run, step: int) -> Path:
     return ckpt.save_checkpoint(run.run_dir, step, run.policy.model, run.policy.processor or run.policy.tokenizer, trainer_state(run),
-                                critic=run.updater.critic, keep=run.cfg.training.keep_checkpoints)
+                                critic=run.updater.critic or run.updater.value_head,
+                                keep=run.cfg.training.keep_checkpoints)
 
 
 def restore(run: Run) -> None:
@@ -176,6 +192,8 @@ def restore(run: Run) -> None:
     if u.critic is not None:
         u.critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
         u.critic_optimizer.load_state_dict(state["critic_optimizer"])  # type: ignore[union-attr]
+    if u.value_head is not None:
+        u.value_head.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
     run.sampler.load_state_dict(state["sampler"])
     run.generator.set_state(state["generator"])
     run.history = state.get("history", {})

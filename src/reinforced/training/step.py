@@ -25,10 +25,12 @@ from reinforced.types import TrainBatch
 LogprobFn = Callable[[torch.nn.Module, TrainBatch], tuple[torch.Tensor, torch.Tensor | None]]
 # (critic, batch) -> values [n, T]
 ValueFn = Callable[[torch.nn.Module, TrainBatch], torch.Tensor]
+# (model, batch) -> (logprobs [n, T], entropy [n, T] | None, last hidden states [n, T, H])
+HiddenFn = Callable[[torch.nn.Module, TrainBatch], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
 
 
 def build_optimizer(
-    params: list[torch.nn.Parameter], cfg: TrainingConfig, lr: float | None = None, total_steps: int = 1
+    params: list[Any], cfg: TrainingConfig, lr: float | None = None, total_steps: int = 1
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with linear warm-up, then constant / cosine / linear decay to 0 over ``total_steps``."""
     optimizer = torch.optim.AdamW(params, lr=lr or cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -88,6 +90,8 @@ class Updater:
     critic: torch.nn.Module | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
     value_fn: ValueFn | None = None
+    value_head: torch.nn.Module | None = None  # critic on the policy's trunk (in the policy's optimiser)
+    hidden_fn: HiddenFn | None = None
 
     def mini_batches(self, batch: TrainBatch, generator: torch.Generator, num_mini_batches: int
                      ) -> Iterator[TrainBatch]:
@@ -114,19 +118,31 @@ class Updater:
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         for micro in mini.split(self.cfg.micro_batch_size):
+            values = None
             with autocast(self.cfg.autocast, device):
-                logprobs, entropy = self.logprob_fn(self.model, micro)
+                if self.value_head is None:
+                    logprobs, entropy = self.logprob_fn(self.model, micro)
+                else:  # shared trunk: the value head reads the same forward's hidden states
+                    logprobs, entropy, hidden = self.hidden_fn(self.model, micro)  # type: ignore[misc]
+                    values = self.value_head(hidden.float()) * micro.completion_mask
             loss, stats = policy_loss(
                 spec, logprobs.float(), micro.old_logprobs, micro.advantages, micro.completion_mask,
                 normalizer, ref_logprobs=micro.ref_logprobs,
                 entropy=None if entropy is None else entropy.float(),
             )
+            if values is not None:
+                v_loss, v_stats = value_loss(spec, values, micro.old_values, micro.returns,
+                                             micro.completion_mask, normalizer)
+                loss = loss + spec.critic.vf_coef * v_loss
+                stats = {**stats, **{f"value/{k}": v for k, v in v_stats.items()}}
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite policy loss {loss.item()} (check rewards/advantages)")
             loss.backward()
             loss_total += loss.item()
             means.add(stats, float(micro.completion_mask.sum()))
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
         max_norm = self.cfg.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()

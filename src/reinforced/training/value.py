@@ -16,6 +16,25 @@ from torch import nn
 from reinforced.types import TrainBatch
 
 
+class ValueHead(nn.Module):
+    """Linear hidden -> scalar value, initialised small so values start near 0 (rewards are O(1)).
+
+    Used on the critic's own backbone (``ValueModel``) or directly on the policy's last hidden states
+    (``critic.shared_trunk``: one forward, policy and value losses share the trunk's gradient).
+    """
+
+    def __init__(self, hidden: int, seed: int = 0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, 1)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=gen) / hidden)
+            self.linear.bias.zero_()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden).squeeze(-1)  # [..., H] -> [...]
+
+
 class ValueModel(nn.Module):
     """Backbone (the decoder stack of a causal LM) + linear head -> one value per position."""
 
@@ -23,12 +42,7 @@ class ValueModel(nn.Module):
         super().__init__()
         lm = copy.deepcopy(causal_lm)
         self.backbone = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
-        hidden = lm.config.get_text_config().hidden_size
-        self.head = nn.Linear(hidden, 1)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # small init: values start near 0 (rewards are O(1))
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) / hidden)
-            self.head.bias.zero_()
+        self.head = ValueHead(lm.config.get_text_config().hidden_size, seed)
         for p in self.parameters():
             p.requires_grad_(True)
 
