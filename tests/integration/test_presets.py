@@ -76,3 +76,14 @@ def test_value_pretraining_needs_a_separate_critic(tmp_path):
                              f"run.output_dir={tmp_path}", "run.name=clash"])
     with pytest.raises(ValueError, match="needs a separate critic"):
         fit(cfg, show_progress=False)
+
+
+def test_shared_trunk_critic_on_a_vision_language_model(tmp_path):
+    cfg = load_config(None, [
+        "model.name_or_path=reinforced-tiny-vlm", "data.train=[{task: count_shapes}]", "data.template=plain",
+        "rollout.group_size=4", "rollout.max_new_tokens=12", "training.num_prompts=2", "training.max_steps=2",
+        "training.tensorboard=false", "algorithm.preset=orz_ppo", "algorithm.critic.shared_trunk=true",
+        f"run.output_dir={tmp_path}", "run.name=vlm"])
+    result = fit(cfg, show_progress=False)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [math.isfinite(r["train/value/value_loss"]) for r in rows if "train/loss" in r] == [True, True]
