@@ -15,7 +15,7 @@ from reinforced.data import build_eval_sets, filter_by_pass_rate, write_jsonl
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.models import Adapter, load_policy
 from reinforced.rewards import RewardComposer
-from reinforced.rollout import build_engine
+from reinforced.rollout import RolloutEngine, build_engine
 from reinforced.training.setup import resolve_device
 from reinforced.types import Prompt
 
@@ -45,6 +45,16 @@ def build_scorer(cfg: Config) -> RewardComposer:
                           gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format)
 
 
+def engine_and_scorer(cfg: Config) -> tuple[RolloutEngine, RewardComposer]:
+    """The model of ``cfg`` on its device behind a rollout engine, and the answer-type-aware scorer."""
+    policy = load_policy(cfg.model)
+    policy.model.to(resolve_device(cfg.run.device))
+    adapter = Adapter(policy, cfg.data.template)
+    engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
+                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
+    return engine, build_scorer(cfg)
+
+
 def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, float]:
     """Metrics of ``cfg.model`` on ``data`` (paths / built-in set names) or on ``cfg.eval.sets``."""
     if data:
@@ -53,12 +63,7 @@ def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, flo
     prompts = build_eval_sets(cfg.eval, cfg.run.seed)
     if not prompts:
         raise ValueError("nothing to evaluate: give --data FILE... or eval.sets in the config")
-    policy = load_policy(cfg.model)
-    policy.model.to(resolve_device(cfg.run.device))
-    adapter = Adapter(policy, cfg.data.template)
-    engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
-                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
-    scorer = build_scorer(cfg)
+    engine, scorer = engine_and_scorer(cfg)
     e, r = cfg.eval, cfg.rollout
     params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
                            seed=cfg.run.seed)
@@ -76,12 +81,7 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float, keep_e
     Samples ``k`` completions per prompt of ``cfg.data.train`` with ``cfg.model`` and writes the kept rows,
     each with its measured ``pass_rate`` in ``meta`` (it can seed a curriculum).
     """
-    policy = load_policy(cfg.model)
-    policy.model.to(resolve_device(cfg.run.device))
-    adapter = Adapter(policy, cfg.data.template)
-    engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
-                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
-    scorer = build_scorer(cfg)
+    engine, scorer = engine_and_scorer(cfg)
     params = eval_sampling(cfg.rollout.temperature, k, cfg.rollout.max_new_tokens, cfg.rollout.stop, cfg.run.seed)
 
     def pass_rates(prompts: list[Prompt]) -> list[float]:
