@@ -331,7 +331,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _read_yaml(path)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         tree = loaded
@@ -343,6 +343,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return build_config(tree)
 
 
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; a syntax error becomes one line: ``file:line:column: problem``."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        context = err.context or ""
+        if context and err.context_mark is not None and err.context_mark is not mark:
+            context += f" (from line {err.context_mark.line + 1})"
+        problem = "; ".join(str(p) for p in (context, err.problem) if p)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML error: {' '.join(str(err).split())}") from None
+
+
 def validate_cross_section(cfg: Config) -> None:
     """Checks that span sections; the algorithm's own clashes are checked by AlgorithmSpec.validate()."""
     from reinforced.algorithms import resolve_spec  # local: algorithms imports nothing from here
@@ -351,6 +367,8 @@ def validate_cross_section(cfg: Config) -> None:
         spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+    if cfg.rollout.group_size == 1:  # checked first: the batch-size clash below would hide it
+        _check_single_sample_groups(spec)
     n = cfg.training.num_prompts * cfg.rollout.group_size
     if spec.num_mini_batches > n:
         raise ConfigError(
@@ -359,3 +377,26 @@ def validate_cross_section(cfg: Config) -> None:
         )
     if not any(t.accuracy for t in cfg.rewards.terms):
         raise ConfigError("rewards.terms: mark one term with 'accuracy: true' (it defines correctness)")
+
+
+def _check_single_sample_groups(spec: Any) -> None:
+    """G=1 is an error for a group-relative baseline (every advantage is 0) and for dynamic sampling.
+
+    Group-relative is measured, not listed: the estimator's advantages of one-sample groups are all zero,
+    so an estimator added later is covered without editing a list here.
+    """
+    import torch
+
+    from reinforced.algorithms import ADVANTAGES
+
+    if spec.advantage in ADVANTAGES.names():
+        probe = ADVANTAGES[spec.advantage](torch.tensor([[1.0], [0.0]]), **spec.advantage_params)  # P=2, G=1
+        if not bool(probe.any()):
+            raise ConfigError(
+                f"rollout.group_size=1 with the advantage '{spec.advantage}' of preset '{spec.name}': its baseline "
+                "is the group's own reward, so every advantage is 0 and nothing is learned; use "
+                "rollout.group_size>=2, or a baseline over the batch (algorithm.preset=reinforce_pp) or a critic "
+                "(algorithm.preset=ppo)")
+    if spec.dynamic_sampling is not None:
+        raise ConfigError("rollout.group_size=1 with dynamic sampling: every one-sample group is uniform and "
+                          "would be dropped; use rollout.group_size>=2 or algorithm.dynamic_sampling=null")

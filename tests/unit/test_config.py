@@ -74,3 +74,26 @@ def test_override_inside_a_list(tmp_path):
     assert cfg.eval.sets[0].limit == 20
     with pytest.raises(ConfigError, match="index '3'"):
         load_config(path, ["eval.sets.3.limit=20"])
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "rloo", "dapo"])
+def test_group_relative_advantage_needs_two_samples(preset):
+    # With G=1 a group-relative baseline equals the reward itself: every advantage is 0, nothing is learned.
+    with pytest.raises(ConfigError, match=r"rollout.group_size=1 .*advantage '\w+' .*group"):
+        load_config(None, [f"algorithm.preset={preset}", "rollout.group_size=1"])
+
+
+def test_group_size_one_is_fine_without_a_group_baseline():
+    # REINFORCE++ whitens over the batch and PPO uses a critic: one sample per prompt still learns.
+    assert load_config(None, ["algorithm.preset=reinforce_pp", "rollout.group_size=1"]).rollout.group_size == 1
+    assert load_config(None, ["algorithm.preset=ppo", "rollout.group_size=1"]).rollout.group_size == 1
+
+
+def test_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  lr: 1e-6\n  max_steps: [3\nrollout:\n  group_size: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:3:") or message.startswith(f"{path}:4:"), message
