@@ -13,6 +13,7 @@ Pure module: no transformers, no torch.distributed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -102,6 +103,35 @@ class RewardResult:
     components: Mapping[str, float] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
     steps: tuple[StepScore, ...] = ()
+
+
+CORRECT_THRESHOLD = 0.5
+"""An accuracy (the verifier's 0..1 score) strictly above this counts as a correct answer.
+
+One definition for every consumer (length shaping, length and rollout statistics, pass@k, filters):
+binary verifiers give 0 or 1 and are unaffected; for partial credit (IoU, F1, grid cells) "correct"
+means more than half the credit, the IoU > 0.5 hit of detection evaluation (PASCAL VOC; VLM-R1's REC
+eval). A NaN accuracy is a failed verifier (see ``rewards/compose.py``): neither correct nor wrong, so
+callers leave it out (``valid``) before counting.
+"""
+
+
+def is_correct(accuracy: float) -> bool:
+    """Whether an accuracy counts as a correct answer (``> CORRECT_THRESHOLD``; NaN is not).
+
+    >>> [is_correct(a) for a in (1.0, 0.75, 0.5, 0.0)]
+    [True, True, False, False]
+    """
+    return accuracy > CORRECT_THRESHOLD
+
+
+def valid(values: Sequence[float]) -> list[float]:
+    """The finite entries of ``values``: NaN marks a sample whose reward or verifier failed.
+
+    >>> valid([1.0, float("nan"), 0.0])
+    [1.0, 0.0]
+    """
+    return [v for v in values if math.isfinite(v)]
 
 
 @dataclass(frozen=True)

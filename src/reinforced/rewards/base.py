@@ -113,18 +113,56 @@ def validate_params(name: str, params: Mapping[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------
 # Answer extraction.
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+# Everything here runs on raw model text, some of it in the trainer process (hacking metrics, judge
+# batching), outside the worker's time limit: every scan is linear in the text length. No pattern may
+# backtrack over an unbounded span (``<answer>(.*?)</answer>`` is quadratic on unclosed tags, and a
+# ``\s+\Z`` search is quadratic on long inner runs of whitespace), so tags are paired with str.find.
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_EOS_RE = re.compile(r"(?:\s|<\|im_end\|>|<\|endoftext\|>|</s>|<\|eot_id\|>|<eos>)+\Z")
+_EOS_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<eos>")
 
 
 def strip_eos(text: str) -> str:
-    """Drop trailing whitespace and end-of-sequence markers.
+    """Drop trailing whitespace and end-of-sequence markers (linear time).
 
     >>> strip_eos("<answer>4</answer>\\n<|im_end|> ")
     '<answer>4</answer>'
     """
-    return _EOS_RE.sub("", text)
+    while True:
+        text = text.rstrip()
+        marker = next((m for m in _EOS_MARKERS if text.endswith(m)), None)
+        if marker is None:
+            return text
+        text = text[: -len(marker)]
+
+
+def _tag_positions(text: str, tag: str) -> list[int]:
+    """Start offsets of ``tag`` in ``text``, ASCII case-insensitive; one linear scan."""
+    pattern = re.compile(re.escape(tag), re.IGNORECASE)  # a literal: no backtracking
+    return [m.start() for m in pattern.finditer(text)]
+
+
+def tag_blocks(text: str, tag: str) -> list[str]:
+    """Contents of every closed ``<tag>...</tag>`` block in order, paired like the non-greedy regex
+    ``<tag>(.*?)</tag>`` (each opening tag takes the first closing tag after it), in linear time.
+
+    >>> tag_blocks("<think>a</think> <THINK>b</think><think>unclosed", "think")
+    ['a', 'b']
+    """
+    opens, closes = _tag_positions(text, f"<{tag}>"), _tag_positions(text, f"</{tag}>")
+    width = len(tag) + 2
+    blocks, ci, pos = [], 0, 0
+    for start in opens:
+        if start < pos:  # inside the previous block
+            continue
+        body = start + width
+        while ci < len(closes) and closes[ci] < body:
+            ci += 1
+        if ci == len(closes):
+            break
+        blocks.append(text[body : closes[ci]])
+        pos = closes[ci] + width + 1
+        ci += 1
+    return blocks
 
 
 def last_boxed(text: str) -> str | None:
@@ -146,8 +184,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def answer_blocks(text: str) -> list[str]:
-    """Contents of every closed ``<answer>`` block, in order."""
-    return _ANSWER_RE.findall(text)
+    """Contents of every closed ``<answer>`` block, in order (linear time, see ``tag_blocks``)."""
+    return tag_blocks(text, "answer")
 
 
 def extract_answer(text: str, fallback: str = "none") -> str | None:
@@ -193,11 +231,11 @@ def reasoning_text(text: str) -> str:
     >>> reasoning_text("<think>a+b</think><answer>3</answer>")
     'a+b'
     """
-    thinks = re.findall(r"<think>(.*?)</think>", text, re.DOTALL | re.IGNORECASE)
+    thinks = tag_blocks(text, "think")
     if thinks:
         return thinks[-1].strip()
-    cut = text.lower().rfind("<answer>")
-    return (text[:cut] if cut >= 0 else text).strip()
+    opens = _tag_positions(text, "<answer>")  # not text.lower(): lower-casing can change offsets
+    return (text[: opens[-1]] if opens else text).strip()
 
 
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
