@@ -113,3 +113,125 @@ def test_step_rewards_land_on_the_token_that_ends_the_step():
     scores, ends = step_token_rewards([group], 5, lambda ids: "".join(pieces[t] for t in ids))
     assert scores.tolist() == [[0.5, 0.0, 0.0, 1.0, 0.0]]
     assert ends.tolist() == [[True, False, False, True, False]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Critic weighting, critic schedule, and loss metrics under micro-batching
+
+
+class ToyCritic(torch.nn.Module):
+    """Token -> scalar value; the separate critic of value-based presets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.emb = torch.nn.Parameter(torch.randn(VOCAB, 1, generator=g))
+
+
+def toy_values(critic: ToyCritic, batch: TrainBatch):
+    return critic.emb[batch.completion_ids].squeeze(-1) * batch.completion_mask
+
+
+def critic_batch():
+    batch = batch_with_advantages(make_groups())
+    g = torch.Generator().manual_seed(2)
+    returns = torch.rand(batch.old_logprobs.shape, generator=g) * batch.completion_mask
+    old = torch.zeros_like(returns)
+    return TrainBatch(**{**batch.__dict__, "returns": returns, "old_values": old, "ref_logprobs": None})
+
+
+def critic_updater(overrides, micro=4, warmup=0):
+    spec = resolve_spec("ppo", {"kl.coef": 0.0, "kl.placement": "none", **overrides})
+    cfg = TrainingConfig(micro_batch_size=micro, lr=1e-3, max_grad_norm=None, warmup_steps=warmup)
+    model, critic = ToyLM(), ToyCritic()
+    opt, sched = build_optimizer(list(model.parameters()), cfg)
+    c_opt, c_sched = build_optimizer(list(critic.parameters()), cfg, lr=spec.critic.lr, total_steps=10)
+    return Updater(spec=spec, cfg=cfg, model=model, optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs,
+                   max_completion_len=8, critic=critic, critic_optimizer=c_opt, critic_scheduler=c_sched,
+                   value_fn=toy_values)
+
+
+def test_separate_critic_loss_is_not_weighted_by_vf_coef():
+    """vf_coef weighs the value loss only where it shares a backward with the policy loss; a separate
+    critic backpropagates its own loss unweighted (verl ``workers/critic/dp_critic.py`` update_critic:
+    ``loss = vf_loss / self.gradient_accumulation``), so its gradient and loss must not depend on it."""
+    grads, losses = [], []
+    for vf in (0.1, 0.5):
+        upd = critic_updater({"critic.vf_coef": vf})
+        stats = upd.critic_step(critic_batch())
+        grads.append(upd.critic.emb.grad.clone())
+        losses.append(stats["critic/loss"])
+        assert stats["critic/loss"] == pytest.approx(stats["critic/value_loss"])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert losses[0] == pytest.approx(losses[1])
+
+
+def test_critic_learning_rate_follows_its_warm_up():
+    """The critic's scheduler is stepped with its optimiser: warm-up (step+1)/(warmup+1) of critic.lr."""
+    upd = critic_updater({"num_epochs": 1}, warmup=2)  # one critic step per update
+    base = upd.spec.critic.lr
+    assert upd.critic_optimizer.param_groups[0]["lr"] == pytest.approx(base / 3)
+    stats = upd.update(critic_batch(), torch.Generator().manual_seed(0))
+    assert upd.critic_optimizer.param_groups[0]["lr"] == pytest.approx(base * 2 / 3)
+    assert stats["critic/lr"] == pytest.approx(base * 2 / 3)
+
+
+def test_trainer_state_holds_the_critic_scheduler():
+    from types import SimpleNamespace
+
+    from reinforced.training.setup import trainer_state
+
+    upd = critic_updater({"num_epochs": 1}, warmup=2)
+    upd.update(critic_batch(), torch.Generator().manual_seed(0))
+    run = SimpleNamespace(updater=upd, sampler=SimpleNamespace(state_dict=dict), generator=torch.Generator(),
+                          history={})
+    state = trainer_state(run)
+    assert state["critic_scheduler"]["last_epoch"] == 1
+
+
+def shared_trunk_updater(micro):
+    spec = resolve_spec("orz_ppo", {"critic.shared_trunk": True, "critic.vf_coef": 0.25})
+    cfg = TrainingConfig(micro_batch_size=micro, lr=1e-3, max_grad_norm=None)
+    model = ToyLM()
+    from reinforced.training.value import ValueHead
+
+    head = ValueHead(6)
+
+    def hidden_fn(m, b):
+        lp, ent = toy_logprobs(m, b)
+        s = b.prompt_len
+        return lp, ent, m.emb[b.input_ids][:, s:]  # [n, T, 6]
+
+    params = list(model.parameters()) + list(head.parameters())
+    opt, sched = build_optimizer(params, cfg)
+    return Updater(spec=spec, cfg=cfg, model=model, optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs,
+                   max_completion_len=8, value_head=head, hidden_fn=hidden_fn)
+
+
+@pytest.mark.parametrize("micro", [1, 5, 64])
+def test_shared_trunk_value_loss_is_weighted_once(micro):
+    """Shared trunk: loss = policy loss + vf_coef * value loss (PPO, arXiv 1707.06347 Eq. 9, c1 once)."""
+    stats = shared_trunk_updater(micro).policy_step(critic_batch())
+    expected = stats["train/pg_loss"] + 0.25 * stats["train/value/value_loss"]
+    assert stats["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_metrics_are_sums_of_micro_batch_shares():
+    """Each micro-batch returns its share of the step's loss, so the step's pg_loss is their sum: with KL
+    and entropy off it equals train/loss at every micro-batch size."""
+    results = []
+    for micro in (1, 5, 64):
+        model = ToyLM()
+        cfg = TrainingConfig(micro_batch_size=micro, lr=1e-9, max_grad_norm=None)
+        opt, sched = build_optimizer(list(model.parameters()), cfg)
+        upd = Updater(spec=resolve_spec("grpo", {"kl.coef": 0.0, "kl.placement": "none"}), cfg=cfg, model=model,
+                      optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs, max_completion_len=8)
+        stats = upd.policy_step(batch_with_advantages(make_groups()))
+        assert stats["train/pg_loss"] == pytest.approx(stats["train/loss"], rel=1e-5, abs=1e-7)
+        results.append(stats["train/pg_loss"])
+    assert results[0] == pytest.approx(results[2], rel=1e-5) and results[1] == pytest.approx(results[2], rel=1e-5)
+
+
+def test_critic_value_loss_metric_is_summed_over_micro_batches():
+    totals = [critic_updater({}, micro=m).critic_step(critic_batch())["critic/value_loss"] for m in (1, 64)]
+    assert totals[0] == pytest.approx(totals[1], rel=1e-5)

@@ -238,10 +238,11 @@ def value_loss(
     mask: Tensor,
     normalizer: LossNormalizer,
 ) -> tuple[Tensor, Stats]:
-    """``vf_coef * aggregate(0.5 max((V - R)^2, (clip(V, V_old +- eps_v) - R)^2))``, this micro-batch's share.
+    """``aggregate(0.5 max((V - R)^2, (clip(V, V_old +- eps_v) - R)^2))``, this micro-batch's share.
 
-    All tensors [n, T]. Stats: ``value_loss`` (without vf_coef), ``vf_clip_frac``, ``explained_variance``,
-    ``value_mean``.
+    Unweighted: a separate critic minimises it as is; with a shared trunk the caller adds
+    ``critic.vf_coef`` times it to the policy loss (PPO's c1, once). All tensors [n, T]. Stats:
+    ``value_loss`` (this share), ``vf_clip_frac``, ``explained_variance``, ``value_mean``.
     """
     if spec.critic is None:
         raise ValueError(f"preset {spec.name!r} has no critic; value_loss applies to value-based methods")
@@ -254,4 +255,4 @@ def value_loss(
         "explained_variance": explained_variance(values, returns, mask),
         "value_mean": masked_mean(values, mask),
     }
-    return spec.critic.vf_coef * raw, stats
+    return raw, stats

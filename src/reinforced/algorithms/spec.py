@@ -73,9 +73,11 @@ class CriticConfig(_Section):
     value_clip: float | None = Field(0.2, gt=0)
     """Clip the new value to ``old +- value_clip`` in the loss; None: unclipped."""
     vf_coef: float = Field(0.5, gt=0)
-    """Weight of the value loss (matters with a shared trunk)."""
+    """Weight of the value loss added to the policy loss with a shared trunk (PPO's c1); a separate critic
+    minimises its own loss unweighted, so there it has no effect."""
     lr: float = Field(1e-5, gt=0)
-    """Critic learning rate (separate trunk)."""
+    """Critic learning rate (the value head's with a shared trunk); it follows the policy's schedule
+    (warm-up, decay) on its own optimiser steps."""
     shared_trunk: bool = False
     """Value head on the policy's trunk instead of a separate backbone."""
     num_mini_batches: int = Field(1, ge=1)

@@ -130,7 +130,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
 
     total_opt_steps = cfg.training.max_steps * spec.num_epochs * spec.num_mini_batches
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    critic = critic_opt = value_head = None
+    critic = critic_opt = critic_sched = value_head = None
     if spec.critic is not None and spec.critic.shared_trunk:
         if spec.critic.pretrain_steps:
             raise ValueError("critic.pretrain_steps > 0 with critic.shared_trunk=true would train the policy's "
@@ -142,8 +142,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
             raise ValueError("a separate critic is text-only for now; for vision-language models use "
                              "algorithm.critic.shared_trunk=true or a value-free preset such as grpo or dapo")
         critic = ValueModel(policy.model, seed=cfg.run.seed).to(device)
-        critic_opt, _ = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
-                                        total_steps=total_opt_steps)
+        # The critic's own schedule over its own steps (VC-PPO pretraining steps included).
+        critic_steps = (cfg.training.max_steps + spec.critic.pretrain_steps) * spec.num_epochs * spec.critic.num_mini_batches
+        critic_opt, critic_sched = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
+                                                   total_steps=critic_steps)
     optimizer, scheduler = build_optimizer(params, cfg.training, total_steps=total_opt_steps)
     max_new_tokens = max((cfg.rollout.max_new_tokens, *(n for _, n in cfg.rollout.length_schedule)))
     run = Run(cfg=cfg, spec=spec, run_dir=run_dir, policy=policy, adapter=adapter, engine=engine,
@@ -152,7 +154,8 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
                           scheduler=scheduler, max_completion_len=max_new_tokens,
                           logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
-                          critic=critic, critic_optimizer=critic_opt, value_fn=completion_values,
+                          critic=critic, critic_optimizer=critic_opt, critic_scheduler=critic_sched,
+                          value_fn=completion_values,
                           value_head=value_head, hidden_fn=run.forward_with_hidden)
     if value_head is not None:  # old values: the value head on the policy's own forward
         run.updater.value_fn = lambda m, b: value_head(run.forward_with_hidden(m, b)[2].float()) * b.completion_mask
@@ -168,6 +171,7 @@ def trainer_state(run: Run) -> dict[str, Any]:
         "optimizer": u.optimizer.state_dict(),
         "scheduler": u.scheduler.state_dict(),
         "critic_optimizer": None if u.critic_optimizer is None else u.critic_optimizer.state_dict(),
+        "critic_scheduler": None if u.critic_scheduler is None else u.critic_scheduler.state_dict(),
         "sampler": run.sampler.state_dict(),
         "generator": run.generator.get_state(),
         "history": run.history,
@@ -192,6 +196,8 @@ def restore(run: Run) -> None:
     if u.critic is not None:
         u.critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
         u.critic_optimizer.load_state_dict(state["critic_optimizer"])  # type: ignore[union-attr]
+        if u.critic_scheduler is not None and state.get("critic_scheduler") is not None:
+            u.critic_scheduler.load_state_dict(state["critic_scheduler"])
     if u.value_head is not None:
         u.value_head.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
     run.sampler.load_state_dict(state["sampler"])

@@ -61,19 +61,30 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 class _Mean:
-    """Weighted running means of micro-batch stats (weights: loss tokens)."""
+    """Weighted running means of micro-batch stats (weights: loss tokens).
 
-    def __init__(self) -> None:
+    Keys in ``summed`` are added instead: a micro-batch's loss is its *share* of the optimiser step's loss
+    (the normaliser is the step's), so the step's loss is the sum of the shares, not their mean.
+    """
+
+    def __init__(self, summed: tuple[str, ...] = ()) -> None:
         self.total: dict[str, float] = defaultdict(float)
         self.weight: dict[str, float] = defaultdict(float)
+        self.summed = summed
 
     def add(self, stats: dict[str, float], weight: float) -> None:
         for k, v in stats.items():
-            self.total[k] += float(v) * weight
-            self.weight[k] += weight
+            w = 1.0 if k in self.summed else weight
+            self.total[k] += float(v) * w
+            self.weight[k] += w
 
     def result(self) -> dict[str, float]:
-        return {k: self.total[k] / self.weight[k] for k in self.total if self.weight[k] > 0}
+        return {k: self.total[k] if k in self.summed else self.total[k] / self.weight[k]
+                for k in self.total if self.weight[k] > 0}
+
+
+# Loss shares of one micro-batch (policy_loss / value_loss stats): summed over the step's micro-batches.
+LOSS_SHARES = ("loss", "pg_loss", "value_loss", "value/value_loss")
 
 
 @dataclass
@@ -89,6 +100,7 @@ class Updater:
     max_completion_len: int | None = None  # the generation budget (Dr.GRPO's constant normaliser)
     critic: torch.nn.Module | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
+    critic_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None  # stepped with critic_optimizer
     value_fn: ValueFn | None = None
     value_head: torch.nn.Module | None = None  # critic on the policy's trunk (in the policy's optimiser)
     hidden_fn: HiddenFn | None = None
@@ -111,7 +123,7 @@ class Updater:
 
     def policy_step(self, mini: TrainBatch) -> dict[str, float]:
         """One optimiser step of the policy on ``mini``, accumulated over micro-batches."""
-        spec, means = self.spec, _Mean()
+        spec, means = self.spec, _Mean(summed=LOSS_SHARES)
         device = model_device(self.model)
         mini = mini.to(device)
         normalizer = LossNormalizer.for_step(spec, mini.completion_mask, self.max_completion_len)
@@ -133,7 +145,7 @@ class Updater:
             if values is not None:
                 v_loss, v_stats = value_loss(spec, values, micro.old_values, micro.returns,
                                              micro.completion_mask, normalizer)
-                loss = loss + spec.critic.vf_coef * v_loss
+                loss = loss + spec.critic.vf_coef * v_loss  # PPO's c1: the one place vf_coef applies
                 stats = {**stats, **{f"value/{k}": v for k, v in v_stats.items()}}
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite policy loss {loss.item()} (check rewards/advantages)")
@@ -157,7 +169,7 @@ class Updater:
         mini = mini.to(device)
         normalizer = LossNormalizer.for_step(self.spec, mini.completion_mask, self.max_completion_len)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        means, total = _Mean(), 0.0
+        means, total = _Mean(summed=LOSS_SHARES), 0.0
         for micro in mini.split(self.cfg.micro_batch_size):
             with autocast(self.cfg.autocast, device):
                 values = self.value_fn(self.critic, micro)
@@ -170,6 +182,8 @@ class Updater:
         params = [p for p in self.critic.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm or float("inf"))
         self.critic_optimizer.step()
+        if self.critic_scheduler is not None:
+            self.critic_scheduler.step()
         return {**{f"critic/{k}": v for k, v in means.result().items()}, "critic/loss": total}
 
     def update(self, batch: TrainBatch, generator: torch.Generator, train_policy: bool = True
@@ -187,5 +201,8 @@ class Updater:
             for mini in self.mini_batches(batch, generator, spec.num_mini_batches):
                 means.add(self.policy_step(mini), 1.0)
                 num_steps += 1
-        return {**means.result(), "train/optimizer_steps": float(num_steps),
-                "train/lr": self.scheduler.get_last_lr()[0]}
+        out = {**means.result(), "train/optimizer_steps": float(num_steps),
+               "train/lr": self.scheduler.get_last_lr()[0]}
+        if self.critic_scheduler is not None:
+            out["critic/lr"] = self.critic_scheduler.get_last_lr()[0]
+        return out
