@@ -1,12 +1,22 @@
 """Reward composition: r_i = sum_k w_k * s_k(y_i), accuracy_i = mean of the accuracy terms' scores.
 
-A term is (name, weight, params, accuracy), shaped like ``config.RewardTerm`` (plain dicts accepted). A
-term that returns None (does not apply, or failed) contributes 0; failures also count in
-``reward/errors``. ``Prompt.reward_set`` selects a named composition from ``sets`` (None: the default
+A term is (name, weight, params, accuracy), shaped like ``config.RewardTerm`` (plain dicts accepted).
+``Prompt.reward_set`` selects a named composition from ``sets`` (None: the default
 ``terms``). With ``gate_accuracy_on_format`` the accuracy terms score 0 (in the reward and in accuracy)
 unless the ``format`` reward is satisfied (score > 0.5) - Vision-R1's "format and answer" rule
 (arXiv 2503.06749). Context parameters (``num_tokens``, ``correct``, ``group_*``; see base.py) are
 filled here; rewards that need ``correct`` run after the accuracy terms.
+
+Failures (the policy). A term's result is one of: a finite number (bools and 0-d tensors / numpy
+scalars are converted); "not applicable" (score None, no ``info["error"]``: the term contributes 0);
+or a failure - an exception, a time-out, a non-number, NaN or inf (score None with ``info["error"]``).
+A failure is never scored as a wrong answer. It counts in ``reward/errors`` and is logged with the
+reward's name and the sample (``prompt_id#index``). A failed term with non-zero weight makes the
+sample's reward NaN; a failed accuracy term (or a failed format check under the gate) makes its
+accuracy NaN, and the terms that need ``correct`` are then not run for it. NaN samples are left out of
+their group's statistics by every advantage estimator and get advantage 0 (algorithms/advantages.py),
+leave the loss mask, and are left out of accuracy, pass rates and pass@k (``types.valid``);
+``group_correct`` carries the NaN. A group with fewer than two valid samples gets advantage 0.
 
 Process rewards: each term's ``RewardResult.steps`` are scaled by the term's weight and returned in
 ``step_rewards`` (sorted by start); the trainer maps character spans to tokens (``steps.py``).
@@ -18,16 +28,20 @@ the fraction of within-group pairs whose reward order contradicts their accuracy
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from reinforced.rewards.base import NEEDS_ACCURACY, REWARDS, context_params, extract_answer, validate_params
-from reinforced.rewards.worker import Job, RewardWorker, call_safely
-from reinforced.types import Prompt, RewardResult, RolloutGroup, StepScore
+from reinforced.rewards.worker import Job, RewardWorker, call_safely, check_result
+from reinforced.types import Prompt, RewardResult, RolloutGroup, StepScore, valid
 
+log = logging.getLogger(__name__)
 _GATE_THRESHOLD = 0.5
+_MAX_LOGGED = 10  # error lines per batch; the rest are summarised in one line
+_SKIPPED = "skipped"  # info key of a term not run because the sample's accuracy failed
 _SPAM_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
@@ -140,6 +154,8 @@ class RewardComposer:
                 if bool(NEEDS_ACCURACY & set(ctx_names)) != phase2:
                     continue
                 for ci, comp in enumerate(group.completions):
+                    if phase2 and math.isnan(acc[gi][ci]):
+                        continue  # its accuracy failed: nothing to shape (the slot says so, see score())
                     ctx = {"num_tokens": comp.num_tokens, "truncated": comp.truncated,
                            "group_num_tokens": lengths,
                            "correct": acc[gi][ci] if phase2 else None,
@@ -152,33 +168,43 @@ class RewardComposer:
     def score(self, groups: Sequence[RolloutGroup]) -> tuple[list[RolloutGroup], dict[str, float]]:
         """Fill rewards [G], accuracy [G], components, step_rewards and reward_errors of every group."""
         prompts = [g.prompt for g in groups]
-        table = [[[None] * g.group_size for _ in self.terms_for(g.prompt)] for g in groups]
+        skipped = RewardResult(score=None, info={_SKIPPED: "the sample's accuracy failed"})
+        table: list[list[list[Any]]] = [[[skipped] * g.group_size for _ in self.terms_for(g.prompt)] for g in groups]
         acc: list[list[float]] = [[0.0] * g.group_size for g in groups]
         for phase2 in (False, True):
             jobs, where = self._jobs(groups, phase2, acc)
             for (gi, ti, ci), result in zip(where, self._run(jobs, prompts), strict=True):
-                table[gi][ti][ci] = result
+                name, sample = self.terms_for(prompts[gi])[ti].name, f"{prompts[gi].prompt_id}#{ci}"
+                table[gi][ti][ci] = check_result(result, name, sample)
             if not phase2:
                 acc = [self._accuracy(g, table[gi]) for gi, g in enumerate(groups)]
+        _log_errors(groups, table, [self.terms_for(p) for p in prompts])
         scored = [self._assemble(g, table[gi], acc[gi]) for gi, g in enumerate(groups)]
         return scored, batch_stats(scored, table, [self.terms_for(p) for p in prompts])
 
-    def _gate_ok(self, terms: tuple[Term, ...], results: list[list[Any]], ci: int) -> bool:
+    def _gate_ok(self, terms: tuple[Term, ...], results: list[list[Any]], ci: int) -> bool | None:
+        """The format gate of sample ``ci``: True (passed or no gate), False, None (the check failed)."""
         if not self.gate:
             return True
         ti = next(i for i, t in enumerate(terms) if t.name == "format")
+        if failed(results[ti][ci]):
+            return None
         score = results[ti][ci].score
         return score is not None and score > _GATE_THRESHOLD
 
     def _accuracy(self, group: RolloutGroup, results: list[list[Any]]) -> list[float]:
+        """Mean of the accuracy terms per sample [G]; 0 when gated off, NaN when a verifier failed."""
         terms = self.terms_for(group.prompt)
         idx = [i for i, t in enumerate(terms) if t.accuracy]
         out = []
         for ci in range(group.group_size):
-            if not idx or not self._gate_ok(terms, results, ci):
+            gate = self._gate_ok(terms, results, ci)
+            if not idx or gate is False:
                 out.append(0.0)
-                continue
-            out.append(sum(results[i][ci].score or 0.0 for i in idx) / len(idx))
+            elif gate is None or any(failed(results[i][ci]) for i in idx):
+                out.append(math.nan)
+            else:  # a verifier that does not apply (None without error) gives no credit
+                out.append(sum(results[i][ci].score or 0.0 for i in idx) / len(idx))
         return out
 
     def _assemble(self, group: RolloutGroup, results: list[list[Any]], acc: list[float]) -> RolloutGroup:
@@ -189,8 +215,13 @@ class RewardComposer:
             total, mine = 0.0, []
             for term, res in zip(terms, results, strict=True):
                 r: RewardResult = res[ci]
-                errors += int(r.score is None and "error" in r.info)
-                if not term.scored or r.score is None or (term.accuracy and not gate):
+                errors += int(is_error(r))
+                if not term.scored or term.weight == 0 or (term.accuracy and gate is False):
+                    continue
+                if failed(r) or (term.accuracy and gate is None):
+                    total = math.nan  # a failure is not a wrong answer: the sample leaves its group's stats
+                    continue
+                if r.score is None:  # not applicable
                     continue
                 total += term.weight * r.score
                 mine += [StepScore(s.start, s.end, term.weight * s.score) for s in r.steps]
@@ -214,8 +245,35 @@ def _run_batched(jobs: list[Job], prompts: list[Prompt]) -> list[tuple[int, Rewa
             results = fn.batch([jobs[i].completion for i in idx], [prompts[jobs[i].prompt_index] for i in idx], **params)  # type: ignore[attr-defined]
         except Exception as err:  # a judge outage scores None for its jobs, it does not stop training
             results = [RewardResult(score=None, info={"error": f"{type(err).__name__}: {err}"})] * len(idx)
+        if not isinstance(results, Sequence) or len(results) != len(idx):
+            got = f"{len(results)} results" if isinstance(results, Sequence) else type(results).__name__
+            error = f"{getattr(fn, '__name__', 'reward')}.batch returned {got} for {len(idx)} completions"
+            results = [RewardResult(score=None, info={"error": error})] * len(idx)
         out += list(zip(idx, results, strict=True))
     return out
+
+
+def is_error(result: RewardResult) -> bool:
+    """The reward raised, timed out, or returned something that is not a finite number."""
+    return result.score is None and "error" in result.info
+
+
+def failed(result: RewardResult) -> bool:
+    """An error, or not run because the sample's accuracy failed: no score to use either way."""
+    return result.score is None and ("error" in result.info or _SKIPPED in result.info)
+
+
+def _log_errors(groups: Sequence[RolloutGroup], table: Sequence[Sequence[Sequence[RewardResult]]],
+                terms: Sequence[Sequence[Term]]) -> None:
+    """One warning per failed reward call (reward name, sample ``prompt_id#index``, error), capped per batch."""
+    lines = [f"reward {term.name!r} failed on sample {g.prompt.prompt_id}#{ci}: {r.info['error']}"
+             for g, group_terms, results in zip(groups, terms, table, strict=True)
+             for term, res in zip(group_terms, results, strict=True)
+             for ci, r in enumerate(res) if is_error(r)]
+    for line in lines[:_MAX_LOGGED]:
+        log.warning(line)
+    if len(lines) > _MAX_LOGGED:
+        log.warning("... and %d more reward failures in this batch", len(lines) - _MAX_LOGGED)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -225,8 +283,8 @@ def _mean(xs: Sequence[float]) -> float:
 def batch_stats(groups: Sequence[RolloutGroup], table: Sequence[Sequence[Sequence[Any]]],
                 terms: Sequence[Sequence[Term]]) -> dict[str, float]:
     """reward/*, accuracy/mean and hacking/* metrics of a scored batch (see the module docstring)."""
-    rewards = [r for g in groups for r in (g.rewards or ())]
-    accs = [a for g in groups for a in (g.accuracy or ())]
+    rewards = valid([r for g in groups for r in (g.rewards or ())])  # failed samples are not zeros
+    accs = valid([a for g in groups for a in (g.accuracy or ())])
     mean = _mean(rewards)
     stats = {"reward/mean": mean, "reward/std": math.sqrt(_mean([(r - mean) ** 2 for r in rewards])),
              "accuracy/mean": _mean(accs)}
@@ -237,7 +295,7 @@ def batch_stats(groups: Sequence[RolloutGroup], table: Sequence[Sequence[Sequenc
         for term, res in zip(group_terms, results, strict=True):
             for r in res:
                 calls += 1
-                errors += int(r.score is None and "error" in r.info)
+                errors += int(is_error(r))
                 if r.score is not None and term.scored:
                     per_term.setdefault(term.name, []).append(r.score)
                     share[term.name] = share.get(term.name, 0.0) + abs(term.weight * r.score)
@@ -264,7 +322,7 @@ def hacking_stats(groups: Sequence[RolloutGroup], share: Mapping[str, float]) ->
         r, a = g.rewards or (), g.accuracy or ()
         for i in range(len(r)):
             for j in range(i + 1, len(r)):
-                if a[i] != a[j]:
+                if a[i] != a[j] and math.isfinite(a[i] + a[j] + r[i] + r[j]):
                     pairs += 1
                     discordant += int((a[i] - a[j]) * (r[i] - r[j]) < 0)
     total = sum(share.values())

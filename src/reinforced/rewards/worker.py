@@ -12,14 +12,16 @@ in a main thread, so they are disabled in the rewards and the limit is enforced 
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
+import numbers
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from reinforced.types import Prompt, RewardResult
+from reinforced.types import Prompt, RewardResult, StepScore
 
 _STARTUP_S = 120.0
 
@@ -44,6 +46,55 @@ def call_safely(fn: Callable[..., RewardResult], completion: str, prompt: Prompt
     if not isinstance(result, RewardResult):
         return RewardResult(score=None, info={"error": f"reward returned {type(result).__name__}, not RewardResult"})
     return result
+
+
+def as_score(value: Any) -> float | None:
+    """A reward's score as a float: numbers and bools pass, a 0-d tensor or numpy scalar is converted;
+    anything else (a string, a list, a tensor with elements) gives None.
+
+    >>> import torch
+    >>> as_score(True), as_score(torch.tensor(0.5)), as_score("1.0"), as_score(torch.ones(2))
+    (1.0, 0.5, None, None)
+    """
+    if isinstance(value, numbers.Real):  # bool, int, float, numpy scalars, Fraction
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        item = value.item()
+        return float(item) if isinstance(item, numbers.Real) else None
+    return None
+
+
+def check_result(result: RewardResult, name: str, sample: str) -> RewardResult:
+    """Validate one reward result: a score (and step scores) must be a finite number or None.
+
+    A non-number, NaN or inf becomes score None with ``info["error"]`` naming the reward and the sample,
+    so the composer counts it as a failure (``reward/errors``), never as a score.
+    """
+    if not isinstance(result, RewardResult):
+        return RewardResult(score=None, info={"error": f"reward {name!r} on sample {sample}: returned "
+                                              f"{type(result).__name__}, not RewardResult"})
+    bad = None
+    score = None if result.score is None else as_score(result.score)
+    if result.score is not None and (score is None or not math.isfinite(score)):
+        bad = f"score {_show(result.score)}"
+    steps = []
+    for step in result.steps:
+        value = as_score(step.score)
+        if value is None or not math.isfinite(value):
+            bad = bad or f"step score {_show(step.score)}"
+            break
+        steps.append(StepScore(step.start, step.end, value))
+    if bad is not None:
+        return RewardResult(score=None, info={**result.info, "error": f"reward {name!r} on sample {sample}: {bad} "
+                                              f"is not a finite number"})
+    if score is None and not steps:
+        return result
+    return replace(result, score=score, steps=tuple(steps))
+
+
+def _show(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else f"{value!r:.40}"
 
 
 def _serve(conn: Any) -> None:
