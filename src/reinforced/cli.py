@@ -3,11 +3,15 @@
     reinforced train                                  # the default recipe (see README)
     reinforced train configs/x.yaml algorithm.kl.coef=0.04 training.max_steps=50
     reinforced train configs/x.yaml --resume          # continue from the latest checkpoint
-    reinforced eval configs/x.yaml model.name_or_path=runs/x/checkpoints/step-20/model
+    reinforced eval runs/x                            # the run's latest checkpoint on its eval sets
+    reinforced eval configs/x.yaml --data gsm8k model.name_or_path=runs/x/checkpoints/step-20/model
     reinforced explain configs/x.yaml                 # resolved algorithm + derived batch sizes
     reinforced list rewards|algorithms|tasks|templates|samplers|models
     reinforced models pull smollm2-135m-instruct
     reinforced data inspect FILE | data filter CONFIG --out FILE
+
+The console never reads markup: data text (questions, ids, file names) is printed as given, so square
+brackets neither vanish nor crash a table; styles are passed as ``style=`` arguments.
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from reinforced.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "tiny_vlm_count_grpo.yaml"
-console = Console()
+console = Console(markup=False)
 
 
 def default_config_path() -> Path:
@@ -52,6 +55,29 @@ def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+def split_eval_args(args: list[str], data: list[str] | None) -> tuple[list[str], list[str] | None]:
+    """Give back what ``--data FILE...`` swallowed: ``key=value`` overrides and a config/run written after it.
+
+    argparse hands every word after ``--data`` to it; an entry that is not an existing path and holds '=' is an
+    override, and a ``.yaml`` file or run directory is the config when none came before ``--data``.
+    """
+    if not data:
+        return args, data
+    kept: list[str] = []
+    extra: list[str] = []
+    config: list[str] = []
+    for item in data:
+        path = Path(item)
+        if "=" in item and not path.exists():
+            extra.append(item)
+        elif not config and (not args or "=" in args[0]) and (
+                path.suffix in (".yaml", ".yml") or (path / "config.yaml").is_file()):
+            config.append(item)
+        else:
+            kept.append(item)
+    return [*config, *args, *extra], kept or None
+
+
 def load_from_args(args: list[str]) -> Config:
     path, overrides = split_config_args(args)
     return load_config(resolve_config_arg(path), overrides)
@@ -62,14 +88,13 @@ def cmd_train(ns: argparse.Namespace) -> None:
     from reinforced.training.loop import fit
 
     cfg = load_from_args(ns.args)
-    console.print(f"[bold]reinforced[/] run [cyan]{cfg.run.name}[/]: model {cfg.model.name_or_path}, "
-                  f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps")
+    console.print(f"reinforced run {cfg.run.name}: model {cfg.model.name_or_path}, "
+                  f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps", style="bold")
     spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
-    console.print("  " + "; ".join(f"{axis}: {value}" for axis, value in spec.describe()), highlight=False,
-                  markup=False)
+    console.print("  " + "; ".join(f"{axis}: {value}" for axis, value in spec.describe()), highlight=False)
     result = fit(cfg, resume=ns.resume, show_progress=not ns.no_progress)
     print_before_after(result.before, result.after)
-    console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, samples/, checkpoints/)")
+    console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, samples/, checkpoints/)", soft_wrap=True)
 
 
 def print_before_after(before: dict[str, float], after: dict[str, float]) -> None:
@@ -87,16 +112,31 @@ def print_before_after(before: dict[str, float], after: dict[str, float]) -> Non
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
-    from reinforced.evaluation.run import evaluate_config
+    from reinforced.evaluation.run import (
+        default_results_path,
+        eval_target,
+        evaluate_config,
+        with_eval_data,
+        write_results,
+    )
 
-    cfg = load_from_args(ns.args)
-    metrics = evaluate_config(cfg, data=ns.data)
+    args, data = split_eval_args(ns.args, ns.data)
+    path, overrides = split_config_args(args)
+    target = eval_target(resolve_config_arg(path) if path is not None else None)
+    if target.weights is not None:  # the run's checkpoint first: an explicit model.name_or_path still wins
+        overrides = [f"model.name_or_path={target.weights}", *overrides]
+    cfg = with_eval_data(load_config(target.config or default_config_path(), overrides), data)
+    where = f" (run {target.run_dir}, step {target.step})" if target.run_dir is not None else ""
+    console.print(f"evaluating weights: {cfg.model.name_or_path}{where}", highlight=False, soft_wrap=True)
+    metrics = evaluate_config(cfg)
     table = Table(title=f"evaluation of {cfg.model.name_or_path}")
     table.add_column("metric")
     table.add_column("value")
     for k, v in sorted(metrics.items()):
         table.add_row(k, f"{v:.4f}")
     console.print(table)
+    out = write_results(Path(ns.out) if ns.out else default_results_path(cfg, target), cfg, metrics, target)
+    console.print(f"results: {out}", highlight=False, soft_wrap=True)
 
 
 def cmd_explain(ns: argparse.Namespace) -> None:
@@ -166,20 +206,20 @@ def cmd_data(ns: argparse.Namespace) -> None:
     if ns.action == "inspect":
         from reinforced.data import inspect_file
 
-        console.print(inspect_file(ns.target, split=ns.split))
+        console.print(inspect_file(ns.target, split=ns.split), highlight=False)
     else:
         from reinforced.evaluation.run import filter_config
 
         cfg = load_from_args([ns.target, *ns.overrides])
         out = filter_config(cfg, out=ns.out, k=ns.k, low=ns.low, high=ns.high, keep_extremes=ns.keep_extremes)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}", soft_wrap=True)
 
 
 def cmd_report(ns: argparse.Namespace) -> None:
     from reinforced.tracking.report import plot_run
 
     for path in plot_run(ns.run_dir):
-        console.print(str(path))
+        console.print(str(path), soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a model on held-out sets")
-    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
+    p = sub.add_parser("eval", help="evaluate a model, or a run's latest checkpoint, on held-out sets")
+    p.add_argument("args", nargs="*", help="[CONFIG | RUN_DIR] [key=value ...]")
     p.add_argument("--data", nargs="*", default=None, help="JSONL files / set folders / built-in names")
+    p.add_argument("--out", default=None, help="results JSON (default: RUN_DIR/eval/step-N.json for a run, "
+                                               "else <run.output_dir>/<run.name>/eval/results.json)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("explain", help="print the resolved algorithm and batch sizes")
     p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
@@ -229,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         if os.environ.get("REINFORCED_DEBUG"):
             raise
-        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
+        console.print("error:", str(err), style="red", soft_wrap=True, highlight=False)
         return 2
     return 0
 

@@ -49,9 +49,33 @@ def test_train_then_eval_the_checkpoint(tmp_path, capsys):
             "data.train=[{task: arithmetic}]", "eval.sets=[{task: arithmetic, limit: 2}]"]
     assert main(["train", *args, "--no-progress"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
-    model = tmp_path / "cli" / "checkpoints" / "step-1" / "model"
-    assert main(["eval", *args, f"model.name_or_path={model}", "--data", "gsm8k"]) == 0
+    run_dir = tmp_path / "cli"
+    model = run_dir / "checkpoints" / "step-1" / "model"
+    # Overrides after --data are overrides (they used to be read as data paths), and results land on disk.
+    out = tmp_path / "explicit.json"
+    assert main(["eval", *args, "--data", "gsm8k", f"model.name_or_path={model}", "eval.max_prompts=3",
+                 f"--out={out}"]) == 0
     assert "eval/gsm8k/accuracy" in capsys.readouterr().out
+    explicit = json.loads(out.read_text())
+    assert explicit["model"] == str(model) and explicit["eval"]["max_prompts"] == 3
+    assert 0.0 <= explicit["metrics"]["eval/gsm8k/accuracy"] <= 1.0
+    # A run directory, or its config.yaml, evaluates the run's latest checkpoint, never the base model.
+    for target in (run_dir, run_dir / "config.yaml"):
+        assert main(["eval", str(target), "--data", "gsm8k", "eval.max_prompts=3"]) == 0
+        assert f"evaluating weights: {model} (run {run_dir}, step 1)" in capsys.readouterr().out
+        result = json.loads((run_dir / "eval" / "step-1.json").read_text())
+        assert result["model"] == str(model) and result["step"] == 1
+        assert result["metrics"] == explicit["metrics"]  # greedy decoding of the same weights
+
+
+def test_eval_of_a_run_without_checkpoint_is_an_error(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("model:\n  name_or_path: tiny-qwen2\n")
+    (run_dir / "metrics.jsonl").write_text("")
+    assert main(["eval", str(run_dir / "config.yaml"), "--data", "gsm8k"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"run {run_dir} has no checkpoint" in out and "base model" in out
 
 
 def test_data_inspect_and_filter(tmp_path, capsys):
@@ -63,3 +87,15 @@ def test_data_inspect_and_filter(tmp_path, capsys):
                  f"--out={out}", "--k=2", "--low=0", "--high=1", "--keep-extremes"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 3 and all(0.0 <= r["meta"]["pass_rate"] <= 1.0 for r in rows)
+
+
+def test_data_text_is_never_read_as_markup(tmp_path, capsys):
+    # Square brackets in data are text: "[b]" must not vanish, and a stray "[/b]" must not crash the table.
+    data = tmp_path / "brackets.jsonl"
+    data.write_text(json.dumps({"id": "q[1]", "question": "Is [b]x[/b] in [0, 1]? See [/b] and [red]here",
+                                "answer": "yes", "answer_type": "yes_no"}) + "\n")
+    assert main(["data", "inspect", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "Is [b]x[/b] in [0, 1]? See [/b] and [red]here" in out
+    assert main(["list", "tasks"]) == 0
+    assert "[text]" in capsys.readouterr().out  # the modality tag of text tasks, shown in brackets

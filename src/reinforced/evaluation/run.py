@@ -1,5 +1,9 @@
 """`reinforced eval` and `reinforced data filter`: run a model over datasets and score it.
 
+``reinforced eval`` takes a config (its ``model``) or a run directory (its ``config.yaml`` and the weights of
+its latest checkpoint); ``eval_target`` tells them apart, so a run's own config.yaml never evaluates the base
+model by accident. Results go to a JSON file as well as the screen (``write_results``).
+
 Rows of any answer type can be mixed: unless the config names a reward set for a row, its verifier is chosen
 by ``Prompt.answer_type`` (choice -> ``choice``, number/fraction/latex -> ``math_answer``, Countdown / Game of 24
 -> ``expression_equals_target``, 4x4 Sudoku -> ``grid``).
@@ -7,10 +11,13 @@ by ``Prompt.answer_type`` (choice -> ``choice``, number/fraction/latex -> ``math
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from reinforced.config import Config, DataSource, RewardTerm
+from reinforced.config import Config, ConfigError, DataSource, RewardTerm
 from reinforced.data import build_eval_sets, filter_by_pass_rate, write_jsonl
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.models import Adapter, load_policy
@@ -27,6 +34,68 @@ VERIFIER_BY_ANSWER_TYPE = {
     "expression_equals_target": "expression_equals_target",
     "grid": "grid",
 }
+
+
+RUN_MARKERS = ("checkpoints", "metrics.jsonl", "algorithm.txt")  # what `reinforced train` writes beside config.yaml
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """What ``reinforced eval`` evaluates: a config file, and for a run its latest checkpoint's weights."""
+
+    config: Path | None
+    run_dir: Path | None = None
+    weights: Path | None = None
+    step: int | None = None
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder written by ``reinforced train``: ``config.yaml`` beside checkpoints or metrics."""
+    return path.is_dir() and (path / "config.yaml").is_file() and any((path / m).exists() for m in RUN_MARKERS)
+
+
+def eval_target(path: Path | None) -> EvalTarget:
+    """A run directory (or its ``config.yaml``) -> the run's config and latest checkpoint; else the config itself.
+
+    A run without a checkpoint is an error: its config names only the base model, which is not what was trained.
+    """
+    if path is None:
+        return EvalTarget(config=None)
+    run_dir = path if path.is_dir() else path.parent if path.name == "config.yaml" else None
+    if run_dir is None or not is_run_dir(run_dir):
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder but not a run directory (no config.yaml beside checkpoints/ "
+                              "or metrics.jsonl); give a config file or a run directory")
+        return EvalTarget(config=path)
+    from reinforced.training.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise ConfigError(f"run {run_dir} has no checkpoint under {run_dir / 'checkpoints'} to evaluate; its "
+                          "config.yaml names only the base model. Train it (checkpoints are written at the end), "
+                          "or evaluate the base model explicitly with model.name_or_path=...")
+    return EvalTarget(config=run_dir / "config.yaml", run_dir=run_dir, weights=latest / "model",
+                      step=int(latest.name.removeprefix("step-")))
+
+
+def default_results_path(cfg: Config, target: EvalTarget) -> Path:
+    """``<run>/eval/step-N.json`` for a run's checkpoint, else ``<output_dir>/<run.name>/eval/results.json``."""
+    if target.run_dir is not None:
+        return target.run_dir / "eval" / f"step-{target.step}.json"
+    return Path(cfg.run.output_dir) / cfg.run.name / "eval" / "results.json"
+
+
+def write_results(path: Path, cfg: Config, metrics: dict[str, float], target: EvalTarget) -> Path:
+    """The metrics plus what produced them (weights, run, step, sets, sampling) as one JSON document."""
+    record: dict[str, Any] = {
+        "model": cfg.model.name_or_path, "run_dir": None if target.run_dir is None else str(target.run_dir),
+        "step": target.step, "sets": [s.model_dump(mode="json", exclude_defaults=True) for s in cfg.eval.sets],
+        "eval": cfg.eval.model_dump(mode="json", exclude={"sets"}), "seed": cfg.run.seed,
+        "metrics": {k: v if math.isfinite(v) else None for k, v in metrics.items()},  # NaN is not JSON
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
+    return path
 
 
 def with_verifier(prompt: Prompt) -> Prompt:
@@ -55,11 +124,17 @@ def engine_and_scorer(cfg: Config) -> tuple[RolloutEngine, RewardComposer]:
     return engine, build_scorer(cfg)
 
 
+def with_eval_data(cfg: Config, data: list[str] | None) -> Config:
+    """``cfg`` evaluating ``data`` (paths / built-in set names, test split) instead of ``cfg.eval.sets``."""
+    if not data:
+        return cfg
+    sets = tuple(DataSource(path=d, split="test") for d in data)
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": sets})})
+
+
 def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, float]:
     """Metrics of ``cfg.model`` on ``data`` (paths / built-in set names) or on ``cfg.eval.sets``."""
-    if data:
-        sets = tuple(DataSource(path=d, split="test") for d in data)
-        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": sets})})
+    cfg = with_eval_data(cfg, data)
     prompts = build_eval_sets(cfg.eval, cfg.run.seed)
     if not prompts:
         raise ValueError("nothing to evaluate: give --data FILE... or eval.sets in the config")
