@@ -46,7 +46,8 @@ def test_batch_zscore_token_weighted_through_core() -> None:
 
 
 def test_kl_in_reward_is_subtracted_as_return_to_go() -> None:
-    spec = resolve_spec("rloo")  # LOO baseline, k1 in the reward, beta 0.05
+    """kl.reward_form='token', OpenRLHF's RLOO: A_t = (R - b) - beta sum_{s >= t} KL_s (spec section 2.4)."""
+    spec = resolve_spec("rloo", {"kl.reward_form": "token"})  # LOO baseline, k1 in the reward, beta 0.05
     gen = torch.Generator().manual_seed(0)
     ref = -torch.rand(4, 5, generator=gen)
     inp = inputs_for(torch.tensor([[1.0, 0, 0, 1]]), [2, 3, 1, 4], ref_logprobs=ref)
@@ -206,3 +207,50 @@ def test_value_pretraining_lowers_loss_until_plateau_and_critic_learns() -> None
     p_hi = float(rewards[features[:, 0, 0] == 1].mean())
     p_lo = float(rewards[features[:, 0, 0] == 0].mean())
     assert float(v[0]) == pytest.approx(p_hi, abs=0.03) and float(v[1]) == pytest.approx(p_lo, abs=0.03)
+
+
+def test_rloo_folds_the_kl_into_the_reward_before_the_baseline() -> None:
+    """RLOO paper / TRL ``rloo_trainer.py``: ``rlhf_reward = scores + non_score_reward`` (non_score_reward =
+    -beta * KL summed over tokens), then ``baseline = (rlhf_reward.sum(0) - rlhf_reward) / (rloo_k - 1)``:
+    one advantage per completion, the same on all its tokens."""
+    spec = resolve_spec("rloo")
+    assert spec.kl.reward_form == "sequence"
+    gen = torch.Generator().manual_seed(0)
+    ref = -torch.rand(4, 5, generator=gen)
+    lengths = [2, 3, 1, 4]
+    inp = inputs_for(torch.tensor([[1.0, 0, 0, 1]]), lengths, ref_logprobs=ref)
+    out = compute_advantages(spec, inp)
+    kl_sum = (k1(inp.old_logprobs, ref) * inp.completion_mask).sum(1)  # [4]
+    shaped = torch.tensor([1.0, 0, 0, 1]) - 0.05 * kl_sum
+    for i, n in enumerate(lengths):
+        loo = shaped[i] - (shaped.sum() - shaped[i]) / 3
+        torch.testing.assert_close(out.advantages[i, :n], loo.expand(n), atol=1e-6, rtol=0)
+        assert torch.all(out.advantages[i, n:] == 0)
+
+
+def test_sequence_kl_reward_form_needs_an_outcome_estimator() -> None:
+    with pytest.raises(ValueError, match="kl.reward_form='sequence'"):
+        resolve_spec("ppo", {"kl.reward_form": "sequence"})
+
+
+@pytest.mark.parametrize("placement", ["loss", "reward"])
+def test_kl_values_are_clamped_to_plus_minus_ten_by_default(placement: str) -> None:
+    """verl ``core_algos.kl_penalty`` (low_var_kl: ``torch.clamp(kld, min=-10, max=10)``) and OpenRLHF
+    ``models/utils.compute_approx_kl`` (``log_ratio.clamp(min=-10, max=10)``) bound every KL value."""
+    from reinforced.algorithms import policy_loss
+
+    lp = torch.tensor([[-0.1, -0.1, -0.1]])
+    ref = torch.tensor([[-15.1, -0.1, -0.1]])  # token 0: k1 = 15, k3 = e^-15 + 15 - 1 ~ 14; others 0
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    for clamp, first in ((None, 15.0), (10.0, 10.0)):
+        spec = resolve_spec("grpo", {"kl.placement": placement, "kl.estimator": "k1" if placement == "reward" else "k3",
+                                     "kl.coef": 1.0, "kl.clamp": clamp})
+        if placement == "loss":
+            _, stats = policy_loss(spec, lp, lp, torch.zeros(1, 3), mask, LossNormalizer.from_mask(mask), ref)
+            expected = (14.0 if clamp is None else 10.0) / 3
+            assert stats["kl_ref"] == pytest.approx(expected, abs=1e-4)
+        else:
+            rewards = torch.tensor([[1.0]])
+            out = compute_advantages(spec, AdvantageInputs(rewards, mask, lp, ref_logprobs=ref))
+            assert out.stats["kl_reward/mean"] == pytest.approx(first / 3, abs=1e-4)
+    assert resolve_spec("grpo").kl.clamp == 10.0

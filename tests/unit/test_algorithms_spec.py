@@ -102,7 +102,7 @@ def test_describe_and_to_dict_round_trip() -> None:
     lines = spec.describe()
     axes = [axis for axis, _ in lines]
     assert len(axes) == len(set(axes)) and {"advantage", "objective", "clip", "aggregation", "kl"} <= set(axes)
-    assert dict(lines)["kl"] == "k3 coef=0.01 in loss"
+    assert dict(lines)["kl"] == "k3 coef=0.01 in loss clamp=10.0"
     assert all(isinstance(v, str) and "\n" not in v for _, v in lines)
     data = json.loads(json.dumps(spec.to_dict()))
     assert AlgorithmSpec.model_validate(data) == spec

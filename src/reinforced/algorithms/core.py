@@ -7,7 +7,9 @@
     value_loss          values [n, T]            -> this micro-batch's share of the critic loss
 
 Value-free advantages (outcome estimator ``A_i`` broadcast over the tokens of completion i):
-``A_{i,t} = A_i - beta sum_{s >= t} KL_s`` when the KL is placed in the reward (OpenRLHF's RLOO), and for
+``A_{i,t} = A_i - beta sum_{s >= t} KL_s`` when the KL is placed in the reward (``kl.reward_form='token'``,
+OpenRLHF's RLOO); with ``kl.reward_form='sequence'`` (RLOO paper, TRL) the estimator sees
+``R_i - beta sum_t KL_{i,t}`` instead and ``A_i`` is broadcast unchanged. For
 the whitening estimators (``reinforce_pp``, ``batch_zscore``) the KL-shaped per-token returns are whitened
 (REINFORCE++, arXiv 2501.03262). With step scores (``token_rewards``, each at the last token of its step)
 the process advantage of DeepSeekMath (arXiv 2402.03300, section 4.1.3) is added:
@@ -86,13 +88,20 @@ def group_keep_mask(spec: AlgorithmSpec, accuracy: Tensor) -> tuple[Tensor, Stat
     return keep, stats
 
 
+def kl_values(spec: AlgorithmSpec, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Per-token KL estimate [n, T], clamped to ``+-kl.clamp`` (verl ``kl_penalty``, OpenRLHF
+    ``compute_approx_kl``: 10) so one token whose log-probs drifted far cannot dominate the step."""
+    kl = KL_ESTIMATORS[spec.kl.estimator](logprobs, ref_logprobs)
+    return kl if spec.kl.clamp is None else kl.clamp(-spec.kl.clamp, spec.kl.clamp)
+
+
 def _kl_reward(spec: AlgorithmSpec, inputs: AdvantageInputs) -> Tensor | None:
     """``beta * KL_t`` of behaviour vs reference per token [N, T] when the KL is in the reward."""
     if not (spec.needs_reference and spec.kl.placement == "reward"):
         return None
     if inputs.ref_logprobs is None:
         raise ValueError(f"kl.placement='reward' (preset {spec.name!r}) needs AdvantageInputs.ref_logprobs")
-    kl = KL_ESTIMATORS[spec.kl.estimator](inputs.old_logprobs, inputs.ref_logprobs)
+    kl = kl_values(spec, inputs.old_logprobs, inputs.ref_logprobs)
     return spec.kl.coef * torch.where(inputs.completion_mask.bool(), kl, torch.zeros_like(kl))
 
 
@@ -104,6 +113,9 @@ def _outcome_tokens(spec: AlgorithmSpec, inputs: AdvantageInputs, kl_reward: Ten
     params = dict(spec.advantage_params)
     if "lengths" in inspect.signature(fn).parameters:
         params["lengths"] = mask.sum(1).view(p, g)
+    if kl_reward is not None and spec.kl.reward_form == "sequence":
+        # RLOO paper / TRL: the sequence's summed KL penalty is part of the reward the baseline sees.
+        rewards, kl_reward = rewards - kl_reward.sum(1).view(p, g), None
     if kl_reward is not None and spec.advantage in ("reinforce_pp", "batch_zscore"):
         # Whitening must see the KL-shaped per-token returns, not the outcome alone.
         finite = torch.where(torch.isfinite(rewards), rewards, torch.zeros_like(rewards))
@@ -216,7 +228,7 @@ def policy_loss(
     if kl_in_loss and ref_logprobs is None:
         raise ValueError(f"kl.placement='loss' (preset {spec.name!r}) needs ref_logprobs in policy_loss")
     if ref_logprobs is not None:
-        kl = KL_ESTIMATORS[spec.kl.estimator](logprobs, ref_logprobs)  # [n, T]
+        kl = kl_values(spec, logprobs, ref_logprobs)  # [n, T]
         stats["kl_ref"] = masked_mean(kl, mask)
         if kl_in_loss:
             loss = loss + spec.kl.coef * aggregate(kl, mask, normalizer)

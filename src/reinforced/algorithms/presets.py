@@ -69,12 +69,14 @@ def rloo() -> AlgorithmSpec:
     """RLOO (Ahmadian et al., "Back to Basics", arXiv 2402.14740).
 
     Leave-one-out baseline, the whole response is one action (token-sum loss, mean over sequences), KL k1
-    in the reward with beta=0.05 (TRL's default; the paper index run uses 0.03). PPO clip 0.2 keeps
-    extra mini-batches safe; on-policy it equals REINFORCE.
+    in the reward with beta=0.05 (TRL's default; the paper index run uses 0.03), folded into the sequence's
+    reward ``R - beta sum_t KL_t`` *before* the leave-one-out baseline as in the paper and TRL
+    (``kl.reward_form='token'`` is OpenRLHF's form: per-token KL return-to-go after the baseline). PPO
+    clip 0.2 keeps extra mini-batches safe; on-policy it equals REINFORCE.
     """
     return AlgorithmSpec(
         name="rloo", advantage="rloo", objective="ppo_clip", aggregation="seq_mean_token_sum",
-        kl=KLConfig(estimator="k1", coef=0.05, placement="reward"),
+        kl=KLConfig(estimator="k1", coef=0.05, placement="reward", reward_form="sequence"),
     )
 
 

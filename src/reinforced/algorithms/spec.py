@@ -45,6 +45,12 @@ class KLConfig(_Section):
     """beta; 0 disables the term (and the reference model)."""
     placement: Literal["none", "loss", "reward"] = "none"
     """``loss``: added to the policy loss; ``reward``: subtracted from token rewards; ``none``: no KL."""
+    reward_form: Literal["token", "sequence"] = "token"
+    """With placement ``reward``: ``token`` subtracts ``beta sum_{s >= t} KL_s`` from each token's advantage
+    after the baseline (OpenRLHF); ``sequence`` subtracts ``beta sum_t KL_t`` from the outcome reward before
+    the estimator, so the baseline sees it (RLOO paper, TRL). Outcome estimators only."""
+    clamp: float | None = Field(10.0, gt=0)
+    """Clamp each token's KL value to ``+-clamp`` (verl and OpenRLHF: 10); None: no clamp."""
 
 
 class DynamicSamplingConfig(_Section):
@@ -163,7 +169,9 @@ class AlgorithmSpec(_Section):
             return ", ".join(f"{k}={v}" for k, v in d.items())
 
         c = self.clip
-        kl = "off" if not self.needs_reference else f"{self.kl.estimator} coef={self.kl.coef} in {self.kl.placement}"
+        kl = "off" if not self.needs_reference else (
+            f"{self.kl.estimator} coef={self.kl.coef} in {self.kl.placement}"
+            + (f" ({self.kl.reward_form})" if self.kl.placement == "reward" else "") + f" clamp={self.kl.clamp}")
         lines = [
             ("preset", self.name),
             ("advantage", f"{self.advantage}({fmt(self.advantage_params)})"),
@@ -256,6 +264,9 @@ def _check_clashes(spec: AlgorithmSpec) -> None:  # noqa: C901  # a flat list of
             f"objective 'opmd' is a loss on whole-response logprobs; aggregation {spec.aggregation!r} would divide "
             "it by token counts: use 'seq_mean_token_sum'"
         )
+    if spec.needs_reference and spec.kl.reward_form == "sequence" and spec.critic is not None:
+        raise ValueError("kl.reward_form='sequence' folds the KL into the outcome reward of an outcome estimator; "
+                         "with a critic (advantage 'gae') the KL is a per-token reward: use kl.reward_form='token'")
     if spec.kl.coef > 0 and spec.kl.placement == "none":
         raise ValueError(f"kl.coef={spec.kl.coef} but kl.placement='none': set kl.placement to 'loss' or 'reward'")
     if spec.needs_reference and spec.kl.placement == "loss" and spec.kl.estimator == "k1":
