@@ -213,6 +213,8 @@ class TrainingConfig(Section):
     """Rollouts (prompt, completion, reward components) saved per step under samples/."""
     tensorboard: bool = True
     """Also write TensorBoard events."""
+    progress_every: int = Field(10, ge=1)
+    """Without a terminal (CI, nohup, a cluster's log file) print one plain progress line every N steps."""
 
 
 class Config(Section):

@@ -40,3 +40,31 @@ def test_plots_are_written(tmp_path):
                      "train/entropy": 1.0, "eval/x/accuracy": 0.5})
     names = sorted(p.name for p in plot_run(tmp_path))
     assert names == ["accuracy.png", "completion_length.png", "entropy.png", "reward.png"]
+
+
+def test_progress_without_a_terminal_prints_plain_lines_every_n_steps():
+    import io
+
+    from reinforced.tracking.progress import Progress
+
+    out = io.StringIO()  # not a terminal: a CI log, nohup.out, a cluster job's file
+    stats = {"reward/mean": 0.5, "accuracy/mean": 0.25, "rollout/completion_len": 12.0, "perf/tokens_per_s": 300.0}
+    with Progress(total=7, start=1, every=3, file=out) as progress:
+        for step in range(2, 8):
+            progress.advance(step, stats)
+    lines = out.getvalue().splitlines()
+    # Steps 3 and 6 (every 3), and the last step 7; one line each, no bar drawing characters.
+    assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
+    assert lines[0].startswith("step 3/7  reward 0.500  acc 0.25  len 12  300 tok/s  ETA ")
+    assert all("\r" not in line and "━" not in line for line in lines)
+
+
+def test_progress_disabled_prints_nothing():
+    import io
+
+    from reinforced.tracking.progress import Progress
+
+    out = io.StringIO()
+    with Progress(total=4, enabled=False, every=1, file=out) as progress:
+        progress.advance(1, {"reward/mean": 1.0})
+    assert out.getvalue() == ""

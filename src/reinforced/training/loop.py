@@ -60,7 +60,8 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
         writer.log(0, {**run.history["before"], **pretrain_critic(run)})
     step = run.start_step
     try:
-        with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress) as progress:
+        with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress,
+                      every=cfg.training.progress_every) as progress:
             for step in range(run.start_step + 1, cfg.training.max_steps + 1):
                 t0 = time.perf_counter()
                 kept, stats = collect(run, step)                                   # sample, roll out, score, filter
