@@ -1,8 +1,12 @@
 """Held-out evaluation: accuracy, pass@k and mean completion length per set.
 
 pass@k uses the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374): with n samples of which c are
-correct, ``pass@k = 1 - C(n-c, k) / C(n, k)``. Accuracy is the mean correctness of the first sample (the
-greedy one when evaluating at temperature 0).
+correct, ``pass@k = 1 - C(n-c, k) / C(n, k)``. Accuracy is the mean accuracy of the first sample (the
+greedy one when evaluating at temperature 0); "correct" is ``types.is_correct`` (accuracy > 0.5).
+
+A sample whose verifier failed has NaN accuracy (rewards/compose.py): it is left out, never counted as
+wrong. Accuracy averages the prompts whose first sample was scored (NaN when none was); pass@k uses the
+n scored samples of each prompt that has at least k; ``failed_frac`` is the share of failed samples.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from reinforced.types import Prompt, RolloutGroup, SamplingParams
+from reinforced.types import Prompt, RolloutGroup, SamplingParams, is_correct, valid
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -36,20 +40,23 @@ def summarize(groups: Sequence[RolloutGroup], prefix: str) -> dict[str, float]:
     if not groups:
         return {}
     n = groups[0].group_size
-    acc = [g.accuracy[0] if g.accuracy else 0.0 for g in groups]
+    acc = valid([g.accuracy[0] if g.accuracy else 0.0 for g in groups])
+    scored = [valid(g.accuracy or [0.0] * g.group_size) for g in groups]  # [P][<= G]
     lengths = [c.num_tokens for g in groups for c in g.completions]
     metrics = {
-        f"{prefix}/accuracy": sum(acc) / len(acc),
+        f"{prefix}/accuracy": sum(acc) / len(acc) if acc else math.nan,
+        f"{prefix}/failed_frac": 1.0 - sum(map(len, scored)) / len(lengths),
         f"{prefix}/completion_len": sum(lengths) / len(lengths),
         f"{prefix}/truncated_frac": sum(c.truncated for g in groups for c in g.completions) / len(lengths),
     }
     k = 2
     while k <= n:
-        correct = [sum(a >= 1.0 for a in (g.accuracy or ())) for g in groups]
-        metrics[f"{prefix}/pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(groups)
+        rates = [pass_at_k(len(a), sum(map(is_correct, a)), k) for a in scored if len(a) >= k]
+        metrics[f"{prefix}/pass@{k}"] = sum(rates) / len(rates) if rates else math.nan
         k *= 2
     if n > 1:
-        metrics[f"{prefix}/mean_accuracy"] = sum(sum(g.accuracy or ()) / n for g in groups) / len(groups)
+        means = [sum(a) / len(a) for a in scored if a]
+        metrics[f"{prefix}/mean_accuracy"] = sum(means) / len(means) if means else math.nan
     return metrics
 
 

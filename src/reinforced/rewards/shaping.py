@@ -1,7 +1,7 @@
 """Length and repetition shaping. Lengths are in tokens (``Completion.num_tokens``), filled by the composer
 through the context parameters of base.py (``num_tokens``, ``correct``, ``group_num_tokens``,
 ``group_correct``); ``correct`` is the completion's accuracy from the accuracy terms, counted as correct
-when > 0.5.
+by ``types.is_correct`` (> 0.5, the project's one definition).
 
 - ``overlong``, DAPO soft overlong punishment (arXiv 2503.14476 eq. 13), L = max_tokens, C = cache_tokens:
   r = 0 if |y| <= L - C; ((L - C) - |y|) / C if L - C < |y| <= L; -1 if |y| > L; times ``penalty_factor``.
@@ -22,9 +22,7 @@ import math
 from collections.abc import Sequence
 
 from reinforced.rewards.base import register_reward
-from reinforced.types import Prompt, RewardResult
-
-_CORRECT = 0.5  # accuracy above this counts as correct
+from reinforced.types import Prompt, RewardResult, is_correct
 
 
 def dapo_overlong(length: int, max_tokens: int, cache_tokens: int) -> float:
@@ -90,7 +88,7 @@ def kimi_length(
     """
     lo, hi = min(group_num_tokens), max(group_num_tokens)
     lam = 0.0 if hi == lo else 0.5 - (num_tokens - lo) / (hi - lo)
-    return RewardResult(score=lam if correct > _CORRECT else min(0.0, lam))
+    return RewardResult(score=lam if is_correct(correct) else min(0.0, lam))
 
 
 def cosine_scale(length: int, max_tokens: int, r0: float, r_end: float) -> float:
@@ -127,7 +125,7 @@ def cosine_length(
         raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
     if exceed is not None and num_tokens >= max_tokens - exceed_margin:
         return RewardResult(score=exceed, info={"exceeded": True})
-    ok = correct > _CORRECT
+    ok = is_correct(correct)
     r0, r_end = (max_correct, min_correct) if ok else (min_wrong, max_wrong)
     return RewardResult(score=cosine_scale(num_tokens, max_tokens, r0, r_end))
 

@@ -9,6 +9,7 @@ text land on the last token; scores of steps ending in the same token add up.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 
 from reinforced.types import StepScore
@@ -42,7 +43,7 @@ def step_token_rewards(steps: Sequence[StepScore], char_ends: Sequence[int]) -> 
     out = [0.0] * len(char_ends)
     if not out:
         return out
-    for step in steps:
-        t = next((i for i, e in enumerate(char_ends) if e >= step.end), len(char_ends) - 1)
+    for step in steps:  # char_ends is non-decreasing: a binary search keeps many steps O(S log T)
+        t = min(bisect.bisect_left(char_ends, step.end), len(char_ends) - 1)
         out[t] += step.score
     return out
