@@ -15,6 +15,7 @@ data); this loop never branches on an algorithm's name.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from reinforced.tracking.sinks import MetricsWriter, write_samples
 from reinforced.training.batch import accuracy_matrix, collate_groups, rewards_matrix, step_token_rewards
 from reinforced.training.setup import Run, save, setup
 from reinforced.training.step import _Mean, autocast, model_device
-from reinforced.types import RolloutGroup, SamplingParams, TrainBatch
+from reinforced.types import RolloutGroup, SamplingParams, TrainBatch, is_correct, valid
 
 
 class RewardFailure(RuntimeError):
@@ -136,8 +137,10 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
             raise RewardFailure(f"step {step}: {reward_stats['reward/error_frac']:.0%} of rewards failed "
                                 f"(limit rewards.max_error_frac={run.cfg.rewards.max_error_frac}); see "
                                 f"the samples and reward errors in {run.run_dir}")
-        run.sampler.observe([g.prompt.prompt_id for g in scored],
-                            [sum(g.accuracy or ()) / g.group_size for g in scored], step)
+        # pass rates over the samples whose verifier ran: a failed sample (NaN) is not a wrong one
+        rates = [(g.prompt.prompt_id, valid(g.accuracy or ())) for g in scored]
+        rates = [(pid, sum(v) / len(v)) for pid, v in rates if v]
+        run.sampler.observe([pid for pid, _ in rates], [r for _, r in rates], step)
         keep, filter_stats = group_keep_mask(run.spec, accuracy_matrix(scored))
         filter_stats = {k if "/" in k else f"filter/{k}": v for k, v in filter_stats.items()}
         kept += [g for g, k in zip(scored, keep.tolist(), strict=True) if k]
@@ -157,8 +160,8 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
 def rollout_stats(groups: list[RolloutGroup]) -> dict[str, float]:
     comps = [(c, acc) for g in groups for c, acc in zip(g.completions, g.accuracy or (), strict=False)]
     lengths = [c.num_tokens for c, _ in comps]
-    right = [c.num_tokens for c, a in comps if a >= 1.0]
-    wrong = [c.num_tokens for c, a in comps if a < 1.0]
+    right = [c.num_tokens for c, a in comps if is_correct(a)]  # NaN (failed verifier) is on neither side
+    wrong = [c.num_tokens for c, a in comps if math.isfinite(a) and not is_correct(a)]
     stats = {"rollout/completion_len": sum(lengths) / max(1, len(lengths)),
              "rollout/truncated_frac": sum(c.truncated for c, _ in comps) / max(1, len(comps))}
     if right:
@@ -190,6 +193,9 @@ def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str,
     batch = collate_groups(groups, pad_id=run.adapter.pad_token_id)
     if spec.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss and its normaliser
         batch = replace(batch, completion_mask=batch.completion_mask & ~batch.is_truncated[:, None])
+    # a sample whose reward failed (NaN, rewards/compose.py) leaves the loss: no gradient, no critic target
+    failed = ~torch.isfinite(rewards_matrix(groups)).reshape(-1)  # [N]
+    batch = replace(batch, completion_mask=batch.completion_mask & ~failed[:, None])
     # KL in the reward is needed before advantages; KL in the loss only for the rows pruning keeps (CPPO).
     early_ref = run.reference is not None and spec.kl.placement == "reward"
     ref = forward_in_micro_batches(run, run.reference, batch) if early_ref else None
