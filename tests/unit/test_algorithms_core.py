@@ -20,6 +20,7 @@ from reinforced.algorithms import (
     resolve_spec,
     value_loss,
 )
+from reinforced.algorithms.filters import BatchNotFilled
 from reinforced.algorithms.kl import k1
 
 
@@ -122,14 +123,20 @@ def test_dynamic_sampling_fills_batch_without_uniform_groups() -> None:
 
     def draw(n: int) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor]:
         acc = (torch.rand(n, 4, generator=gen) < 0.15).float()  # mostly all-wrong groups
-        return [(next(counter), a) for a in acc], acc
+        return [(next(counter), a) for a in acc], group_keep_mask(resolve_spec("dapo"), acc)[0]
 
     kept, stats = fill_batch(draw, num_prompts=6, max_rounds=50)
     assert len(kept) == 6
     assert all(0 < float(a.sum()) < 4 for _, a in kept)
     assert stats["filter/rounds"] >= 2 and 0 < stats["filter/pass_rate"] < 1
-    with pytest.raises(RuntimeError, match="max_rounds"):
-        fill_batch(lambda n: (list(range(n)), torch.ones(n, 4)), num_prompts=2, max_rounds=3)
+
+    def none(n: int) -> tuple[list[int], torch.Tensor]:
+        return list(range(n)), torch.zeros(n, dtype=torch.bool)
+
+    with pytest.raises(BatchNotFilled, match="max_rounds"):
+        fill_batch(none, num_prompts=2, max_rounds=3)
+    with pytest.raises(ValueError, match="on_cap"):
+        fill_batch(none, num_prompts=2, max_rounds=3, on_cap="pad")
 
 
 def test_cppo_pruning_vector_and_allocation() -> None:

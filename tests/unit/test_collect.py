@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from reinforced.algorithms import resolve_spec
+from reinforced.algorithms.filters import BatchNotFilled
 from reinforced.config import load_config
 from reinforced.training.loop import collect
 from reinforced.types import Completion, Prompt, RolloutGroup
@@ -56,6 +57,7 @@ def test_dynamic_sampling_fills_the_batch_with_informative_groups():
     assert len(kept) == 3
     assert all(len(set(g.accuracy)) > 1 for g in kept)  # no all-correct / all-wrong group
     assert stats["filter/rounds"] == 3  # one informative prompt per round of 3
+    assert stats["filter/missing_groups"] == 0.0
     assert len(run.sampler.observed) == 9  # every scored prompt updates the sampler, kept or not
 
 
@@ -65,9 +67,42 @@ def test_without_dynamic_sampling_one_round_keeps_everything():
     assert len(kept) == 3 and stats["filter/rounds"] == 1
 
 
-def test_dynamic_sampling_gives_up_after_its_cap_with_a_clear_error():
+def all_wrong_until(run, prompt_index):
+    """Every group is all-wrong until the sampler has handed out ``prompt_index`` prompts; then mixed."""
+    score = run.rewards.score
+
+    def scored(groups):
+        if run.sampler.i <= prompt_index:
+            return [g.scored(rewards=(0.0,) * 4, accuracy=(0.0,) * 4) for g in groups], {"reward/error_frac": 0.0}
+        return score(groups)
+
+    run.rewards.score = scored
+
+
+def test_dynamic_sampling_at_its_cap_raises_by_default_as_verl_does():
+    """verl ``recipe/dapo/dapo_ray_trainer.py``: ``if max_num_gen_batches > 0 and num_gen_batches >=
+    max_num_gen_batches: raise ValueError(...)``: a short batch is never trained on silently."""
     run = make_run("dapo")
-    run.rewards.score = lambda groups: ([g.scored(rewards=(0.0,) * 4, accuracy=(0.0,) * 4) for g in groups],
-                                        {"reward/error_frac": 0.0})
-    with pytest.raises(RuntimeError, match="no informative prompt group after 10 sampling rounds"):
+    all_wrong_until(run, 10**9)
+    with pytest.raises(BatchNotFilled, match=r"step 1: dynamic sampling kept 0 of 3 prompts after 10 rounds"):
         collect(run, step=1)
+
+
+def test_dynamic_sampling_max_rounds_zero_samples_until_the_batch_is_full():
+    """DAPO Algorithm 1 (arXiv 2503.14476): sample until the buffer holds the batch; max_rounds=0 is no cap."""
+    run = make_run("dapo", ["algorithm.dynamic_sampling.max_rounds=0"])
+    assert run.spec.dynamic_sampling.max_rounds == 0
+    all_wrong_until(run, 36)  # 12 rounds of 3 all-wrong prompts, more than the preset's cap of 10
+    kept, stats = collect(run, step=1)
+    assert len(kept) == 3 and all(len(set(g.accuracy)) > 1 for g in kept)
+    assert stats["filter/rounds"] > 12 and stats["filter/missing_groups"] == 0
+
+
+def test_dynamic_sampling_partial_policy_trains_on_what_is_there_and_says_so():
+    run = make_run("dapo", ["algorithm.dynamic_sampling.max_rounds=2", "algorithm.dynamic_sampling.on_cap=partial"])
+    kept, stats = collect(run, step=1)  # one informative prompt per round of 3
+    assert len(kept) == 2 and stats["filter/rounds"] == 2
+    assert stats["filter/missing_groups"] == 1.0 and stats["filter/kept_groups"] == 2.0
+    all_wrong_until(run, 10**9)
+    with pytest.raises(BatchNotFilled, match="kept 0 of 3"):  # nothing at all to train on: always an error
+        collect(run, step=2)

@@ -23,7 +23,13 @@ from reinforced.algorithms.core import (
     prune_samples,
     value_loss,
 )
-from reinforced.algorithms.filters import fill_batch, informative_groups, length_stats, mask_truncated
+from reinforced.algorithms.filters import (
+    BatchNotFilled,
+    fill_batch,
+    informative_groups,
+    length_stats,
+    mask_truncated,
+)
 from reinforced.algorithms.kl import KL_ESTIMATORS
 from reinforced.algorithms.objectives import OBJECTIVES
 from reinforced.algorithms.presets import PRESETS
@@ -40,7 +46,7 @@ from reinforced.algorithms.value import explained_variance, plateaued
 
 __all__ = [
     "ADVANTAGES", "AGGREGATORS", "KL_ESTIMATORS", "OBJECTIVES", "PRESETS",
-    "AdvantageInputs", "AdvantageOutputs", "AlgorithmSpec", "ClipConfig", "CriticConfig",
+    "AdvantageInputs", "AdvantageOutputs", "AlgorithmSpec", "BatchNotFilled", "ClipConfig", "CriticConfig",
     "DynamicSamplingConfig", "KLConfig", "LossNormalizer", "PruneConfig",
     "adaptive_lambda", "compute_advantages", "explained_variance", "fill_batch", "gae",
     "group_keep_mask", "informative_groups", "length_stats", "mask_truncated", "masked_whiten", "plateaued",

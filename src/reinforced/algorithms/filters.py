@@ -3,8 +3,10 @@
 * Dynamic sampling (DAPO, arXiv 2503.14476, Eq. 11 and Algorithm 1): a prompt whose G completions are all
   correct or all wrong has zero advantage and no gradient, yet dilutes the batch. Keep a group iff the
   population std of its *accuracy* is > 0 (or G = 1), then draw more prompts until the batch holds
-  ``num_prompts`` kept groups, giving up after ``max_rounds`` rounds. Accuracy, not the shaped score: a
-  length or format bonus must not rescue a group the verifier scored uniformly.
+  ``num_prompts`` kept groups (Algorithm 1: sample until full). ``max_rounds`` caps the rounds (0: no cap);
+  at the cap with the batch short the policy ``on_cap`` either raises (``error``, as verl's recipe does) or
+  trains on the groups kept (``partial``, reported as ``filter/missing_groups``). Accuracy, not the shaped
+  score: a length or format bonus must not rescue a group the verifier scored uniformly.
 * Overlong filtering (DAPO section 3.4): truncated completions leave the loss mask, so they neither
   contribute nor count in the normaliser.
 * CPPO (Lin et al., arXiv 2503.22342): a completion's share of the GRPO gradient scales with |A_i|; after
@@ -60,37 +62,51 @@ def accuracy_stats(accuracy: Tensor) -> dict[str, float]:
     }
 
 
+class BatchNotFilled(RuntimeError):
+    """Dynamic sampling reached ``max_rounds`` with the batch short (policy ``on_cap='error'``), or with
+    nothing kept at all."""
+
+
 def fill_batch(
-    draw: Callable[[int], tuple[Sequence[T], Tensor]], num_prompts: int, max_rounds: int
+    draw: Callable[[int], tuple[Sequence[T], Tensor]],
+    num_prompts: int,
+    max_rounds: int,
+    on_cap: str = "error",
 ) -> tuple[list[T], dict[str, float]]:
-    """DAPO dynamic sampling loop: ``draw(n)`` samples and scores n prompts, returning their groups and
-    accuracy [n, G]; keeps informative groups until ``num_prompts`` are held (``max_rounds`` 0: no cap).
+    """DAPO Algorithm 1: ``draw(n)`` samples and scores n prompts, returning their groups and which to keep
+    ([n] bool); rounds repeat until ``num_prompts`` groups are kept (``max_rounds`` 0: no cap).
 
     After the first round the draw size is the missing count divided by the pass rate seen so far (at
-    most ``num_prompts``). Raises RuntimeError when the cap is reached with the batch still short.
+    most ``num_prompts``). At the cap with the batch short, ``on_cap='error'`` raises BatchNotFilled (verl's
+    DAPO recipe) and ``'partial'`` returns the groups kept so far (``filter/missing_groups`` counts the
+    shortfall); nothing kept at all is always an error.
 
-    >>> import itertools; acc = itertools.cycle([[1.0, 1.0], [1.0, 0.0]])
-    >>> kept, stats = fill_batch(lambda n: (list(range(n)), torch.tensor([next(acc) for _ in range(n)])), 2, 5)
-    >>> len(kept), stats["filter/rounds"]
-    (2, 2.0)
+    >>> import itertools; keep = itertools.cycle([False, True])
+    >>> kept, stats = fill_batch(lambda n: (list(range(n)), torch.tensor([next(keep) for _ in range(n)])), 2, 5)
+    >>> len(kept), stats["filter/rounds"], stats["filter/missing_groups"]
+    (2, 2.0, 0.0)
     """
+    if on_cap not in ("error", "partial"):
+        raise ValueError(f"dynamic sampling on_cap={on_cap!r} is not one of 'error', 'partial'")
     kept: list[T] = []
     drawn = rounds = 0
-    while len(kept) < num_prompts:
-        if max_rounds > 0 and rounds >= max_rounds:
-            raise RuntimeError(
-                f"dynamic sampling kept {len(kept)} of {num_prompts} prompts after {rounds} rounds (pass rate "
-                f"{len(kept) / max(drawn, 1):.1%}); raise dynamic_sampling.max_rounds or use prompts of mixed difficulty"
-            )
+    while len(kept) < num_prompts and not (max_rounds > 0 and rounds >= max_rounds):
         need = num_prompts - len(kept)
         rate = len(kept) / drawn if drawn else 1.0
         n = need if rate >= 1.0 else min(num_prompts, math.ceil(need / max(rate, 1.0 / num_prompts)))
-        groups, accuracy = draw(max(n, need))
-        keep = informative_groups(accuracy).tolist()
-        kept += [g for g, k in zip(groups, keep, strict=True) if k]
+        groups, keep = draw(max(n, need))
+        kept += [g for g, k in zip(groups, keep.tolist(), strict=True) if k]
         drawn += len(groups)
         rounds += 1
-    stats = {"filter/rounds": float(rounds), "filter/pass_rate": len(kept) / max(drawn, 1), "filter/num_drawn": float(drawn)}
+    if len(kept) < num_prompts and (on_cap == "error" or not kept):
+        raise BatchNotFilled(
+            f"dynamic sampling kept {len(kept)} of {num_prompts} prompts after {rounds} rounds (pass rate "
+            f"{len(kept) / max(drawn, 1):.1%}); raise dynamic_sampling.max_rounds (0: no cap), set "
+            f"dynamic_sampling.on_cap=partial to train on a short batch, or use prompts of mixed difficulty"
+        )
+    stats = {"filter/rounds": float(rounds), "filter/pass_rate": len(kept) / max(drawn, 1),
+             "filter/num_drawn": float(drawn), "filter/kept_groups": float(min(len(kept), num_prompts)),
+             "filter/missing_groups": float(max(0, num_prompts - len(kept)))}
     return kept[:num_prompts], stats
 
 

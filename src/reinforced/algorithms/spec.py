@@ -55,7 +55,10 @@ class KLConfig(_Section):
 
 class DynamicSamplingConfig(_Section):
     max_rounds: int = Field(10, ge=0)
-    """Generation rounds per step before giving up with an error (0: unlimited); DAPO recipe: 10."""
+    """Generation rounds per step at most (0: no cap, DAPO Algorithm 1's sample-until-full); verl recipe: 10."""
+    on_cap: Literal["error", "partial"] = "error"
+    """At the cap with the batch short: ``error`` stops the run (verl's recipe); ``partial`` trains on the
+    groups kept and logs ``filter/missing_groups``."""
     metric: Literal["accuracy"] = "accuracy"
     """Groups are judged on verifier accuracy, never on the shaped score."""
 

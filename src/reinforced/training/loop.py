@@ -15,6 +15,7 @@ data); this loop never branches on an algorithm's name.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +25,9 @@ import torch
 
 from reinforced.algorithms import (
     AdvantageInputs,
+    BatchNotFilled,
     compute_advantages,
+    fill_batch,
     group_keep_mask,
     plateaued,
     prune_samples,
@@ -119,16 +122,17 @@ def sampling_params(run: Run, step: int, round_: int) -> SamplingParams:
 
 
 def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
-    """Roll out and score prompts until P groups pass the group filters (DAPO refills; others one round)."""
+    """Roll out and score prompts until P groups pass the group filters: DAPO Algorithm 1 with the cap and
+    policy of ``dynamic_sampling`` (``fill_batch``); without dynamic sampling one round keeps them all."""
     num_prompts = max(1, round(run.cfg.training.num_prompts * run.spec.prompts_per_step_factor))
-    max_rounds = run.spec.dynamic_sampling.max_rounds if run.spec.dynamic_sampling else 1
-    kept: list[RolloutGroup] = []
-    means, num_tokens, round_ = _Mean(), 0, 0
+    ds = run.spec.dynamic_sampling
+    means, num_tokens, rounds = _Mean(), [0], itertools.count()
     timing = {"perf/rollout_s": 0.0, "perf/reward_s": 0.0}
-    while len(kept) < num_prompts and round_ < max_rounds:
-        prompts = run.sampler.next(num_prompts)
+
+    def draw(n: int) -> tuple[list[RolloutGroup], torch.Tensor]:
+        prompts = run.sampler.next(n)
         t0 = time.perf_counter()
-        groups = run.engine.generate(prompts, sampling_params(run, step, round_))
+        groups = run.engine.generate(prompts, sampling_params(run, step, next(rounds)))
         t1 = time.perf_counter()
         scored, reward_stats = run.rewards.score(groups)
         timing["perf/rollout_s"] += t1 - t0
@@ -143,18 +147,17 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
         run.sampler.observe([pid for pid, _ in rates], [r for _, r in rates], step)
         keep, filter_stats = group_keep_mask(run.spec, accuracy_matrix(scored))
         filter_stats = {k if "/" in k else f"filter/{k}": v for k, v in filter_stats.items()}
-        kept += [g for g, k in zip(scored, keep.tolist(), strict=True) if k]
         means.add({**reward_stats, **filter_stats, **rollout_stats(scored)}, 1.0)
-        num_tokens += sum(c.num_tokens for g in groups for c in g.completions)
-        round_ += 1
-    stats = {**means.result(), **run.sampler.stats(), "filter/rounds": float(round_),
-             "filter/kept_groups": float(len(kept)),
-             "rollout/num_tokens": float(num_tokens), **timing}
-    if not kept:
-        raise RuntimeError(f"step {step}: no informative prompt group after {round_} sampling rounds "
-                           f"(every group was all-correct or all-wrong); raise the dynamic sampling cap or "
-                           f"use easier/harder data")
-    return kept[:num_prompts], stats
+        num_tokens[0] += sum(c.num_tokens for g in groups for c in g.completions)
+        return scored, keep
+
+    try:
+        kept, fill_stats = fill_batch(draw, num_prompts, ds.max_rounds if ds else 1, ds.on_cap if ds else "error")
+    except BatchNotFilled as err:
+        raise BatchNotFilled(f"step {step}: {err}") from None
+    stats = {**means.result(), **run.sampler.stats(), **fill_stats, "rollout/num_tokens": float(num_tokens[0]),
+             **timing}
+    return kept, stats
 
 
 def rollout_stats(groups: list[RolloutGroup]) -> dict[str, float]:
