@@ -159,3 +159,66 @@ def test_hf_save_to_disk_folder_with_image_feature(tmp_path: Path) -> None:
     prompts, summary = load_file(resolve_path(str(folder), "train"), columns={"answer": "solution"})
     assert summary.rows == 2 and summary.images == 1 and prompts[0].images[0].size == (7, 5)
     assert prompts[1].prompt_id == "saved-2"
+
+
+def test_corrupt_or_truncated_image_fails_at_load_naming_the_line(tmp_path: Path) -> None:
+    good = png(tmp_path / "good.png", (64, 64))
+    (tmp_path / "half.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    for bad in ("half.png", "junk.png"):
+        f = write_jsonl(tmp_path / f"{bad}.jsonl", [
+            {"id": "a", "question": "How many?", "answer": "1", "image": "good.png"},
+            {"id": "b", "question": "How many?", "answer": "2", "image": bad}])
+        with pytest.raises(DataError, match=rf"{f}:2: corrupt image .*{bad}"):
+            load_file(f)
+
+
+def _source(tmp_path: Path, rows: list[object], **params: object):
+    from reinforced.data.sources import build_sources
+
+    f = write_jsonl(tmp_path / "rows.jsonl", rows)
+    return f, build_sources([DataSource(path=str(f), params=dict(params))], seed=0)
+
+
+def test_rows_without_gold_for_an_accuracy_reward_fail_naming_file_line(tmp_path: Path) -> None:
+    from reinforced.config import RewardTerm
+    from reinforced.data.checks import check_gold
+
+    terms = (RewardTerm(name="math_answer", accuracy=True),)
+    sets = {"fmt": (RewardTerm(name="format"),)}
+    f, sources = _source(tmp_path, [
+        {"question": "1+1?", "answer": "2"},
+        {"question": "no gold here"},                                    # line 2: scored by math_answer
+        {"question": "only format", "reward_set": "fmt"},                # no accuracy term: no gold needed
+        {"question": "boxes", "meta": {"boxes": [[0, 0, 1, 1]]}},        # gold in metadata
+    ])
+    with pytest.raises(DataError, match=rf"1 row\(s\) have no gold answer .*{f}:2: 'rows-2' \(scored by math_answer\)"):
+        check_gold(sources, terms, sets)
+    _, fine = _source(tmp_path, [{"question": "1+1?", "answer": "2"}, {"question": "x", "reward_set": "fmt"}])
+    check_gold(fine, terms, sets)
+    _, unknown = _source(tmp_path, [{"question": "1+1?", "answer": "2", "reward_set": "mathh"}])
+    with pytest.raises(DataError, match=r"not defined \(defined: fmt.*rows.jsonl:1: reward_set 'mathh'$"):
+        check_gold(unknown, terms, sets)
+
+
+def test_over_long_prompts_fail_at_load_naming_file_line_and_length(tmp_path: Path) -> None:
+    from reinforced.data.checks import check_prompt_lengths
+    from reinforced.data.sources import build_sources
+
+    f, sources = _source(tmp_path, [{"question": "short", "answer": "1"},
+                                    {"question": "word " * 50, "answer": "1"},
+                                    {"question": "word " * 9, "answer": "1"}])
+    calls: list[str] = []
+
+    def num_tokens(prompt) -> int:  # one "token" per word, counted once per row
+        calls.append(prompt.prompt_id)
+        return len(prompt.question.split())
+
+    with pytest.raises(DataError, match=rf"1 row\(s\) .*max_prompt_tokens=10.*: {f}:2: 'rows-2' is 50 tokens$"):
+        check_prompt_lengths(sources, num_tokens, max_tokens=10)
+    assert calls == ["rows-1", "rows-2", "rows-3"]
+    # A procedural source is checked on a sample and named by its sample id.
+    tasks = build_sources([DataSource(task="arithmetic")], seed=0)
+    with pytest.raises(DataError, match=r"4 row\(s\).*: arithmetic sample arithmetic/open/train-s0/0: .* is \d+ tokens"):
+        check_prompt_lengths(tasks, lambda p: len(p.question), max_tokens=1, sample_size=4)
+    check_prompt_lengths(tasks, lambda p: len(p.question), max_tokens=10_000, sample_size=4)

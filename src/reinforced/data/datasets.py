@@ -41,8 +41,11 @@ class LoadSummary:
     images: int = 0
     answer_types: Counter[str] = field(default_factory=Counter)
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    """The file line (or row number) of each loaded prompt, in order: load-time checks name ``file:line``."""
 
-    def add(self, prompt: Prompt) -> None:
+    def add(self, prompt: Prompt, line: int = 0) -> None:
+        self.lines.append(line)
         self.rows += 1
         self.images += prompt.num_images
         self.answer_types[prompt.answer_type] += 1
@@ -210,7 +213,7 @@ def _parse_all(file: Path, rows: Iterable[tuple[int, Any]], name: str, limit: in
             continue
         seen[prompt.prompt_id] = line
         prompts.append(prompt)
-        summary.add(prompt)
+        summary.add(prompt, line)
     if not prompts:
         raise DataError(f"{file}: no usable rows ({len(summary.skipped)} skipped)")
     return prompts, summary

@@ -90,12 +90,25 @@ def resolve_image(ref: Any, base_dir: Path | None) -> ImageLike:
         path = base_dir / path
     if not path.is_file():
         raise RowError(f"image not found: {path}")
+    _check_decodes(lambda: path.open("rb"), str(path))
     return str(path.resolve())
+
+
+def _check_decodes(open_file: Any, name: str) -> None:
+    """Decode the image once at load: a corrupt or truncated file fails here, naming the row, not mid-run."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open_file() as f, Image.open(f) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise RowError(f"corrupt image {name}: {err}") from None
 
 
 def _open_bytes(data: bytes) -> ImageLike:
     from PIL import Image
 
+    _check_decodes(lambda: io.BytesIO(data), f"({len(data)} embedded bytes)")
     return Image.open(io.BytesIO(data))
 
 

@@ -138,15 +138,29 @@ def build_sources(sources: Sequence[DataSource], seed: int, stream: str = "train
     return out
 
 
-def build_eval_sets(cfg: EvalConfig, seed: int) -> dict[str, list[Prompt]]:
-    """Held-out sets: the first ``max_prompts`` rows of each file, or a fixed procedural pool drawn from
-    the eval stream (disjoint from training prompts by construction)."""
-    sets: dict[str, list[Prompt]] = {}
-    for source in build_sources(cfg.sets, seed, stream="eval") if cfg.sets else []:
+def build_eval_sources(cfg: EvalConfig, seed: int) -> list[Source]:
+    """Held-out sources with fixed pools: the first ``max_prompts`` rows of each file, or a procedural pool
+    drawn from the eval stream (disjoint from training prompts by construction)."""
+    sources = build_sources(cfg.sets, seed, stream="eval") if cfg.sets else []
+    for source in sources:
         if source.pool is None:
             source.pool = [source.generate(i) for i in range(cfg.max_prompts)]
-        sets[source.name] = source.pool[: cfg.max_prompts]
-    return sets
+        source.pool = source.pool[: cfg.max_prompts]
+    return sources
+
+
+def build_eval_sets(cfg: EvalConfig, seed: int) -> dict[str, list[Prompt]]:
+    """Held-out sets by name (``build_eval_sources``' pools)."""
+    return {source.name: list(source.pool or ()) for source in build_eval_sources(cfg, seed)}
+
+
+def locate(source: Source, index: int) -> str:
+    """Where prompt ``index`` of ``source`` comes from: ``file:line`` for files, the sample id for tasks."""
+    summary = source.summary
+    if summary is not None and index < len(summary.lines):
+        return f"{summary.path}:{summary.lines[index]}"
+    prompt = source.get(index)
+    return f"{source.name} sample {prompt.prompt_id}"
 
 
 def pool_index(sources: Sequence[Source]) -> dict[str, tuple[int, int]]:
