@@ -235,3 +235,58 @@ def test_loss_metrics_are_sums_of_micro_batch_shares():
 def test_critic_value_loss_metric_is_summed_over_micro_batches():
     totals = [critic_updater({}, micro=m).critic_step(critic_batch())["critic/value_loss"] for m in (1, 64)]
     assert totals[0] == pytest.approx(totals[1], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kimi k1.5 OPMD: several updates per iteration against the fixed pi_i, so tau acts
+
+
+def on_policy_batch(model):
+    batch = batch_with_advantages(make_groups())
+    with torch.no_grad():
+        old, _ = toy_logprobs(model, batch)
+    return TrainBatch(**{**batch.__dict__, "old_logprobs": old, "ref_logprobs": None})
+
+
+def opmd_grads(tau):
+    """Gradients of the first two optimiser steps of one OPMD iteration (same data, same start)."""
+    model = ToyLM()
+    cfg = TrainingConfig(micro_batch_size=4, lr=1e-2, max_grad_norm=None)
+    opt, sched = build_optimizer(list(model.parameters()), cfg)
+    upd = Updater(spec=resolve_spec("opmd", {"objective_params.tau": tau}), cfg=cfg, model=model,
+                  optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs, max_completion_len=8)
+    batch = on_policy_batch(model)
+    grads = []
+    for _ in range(2):
+        upd.policy_step(batch)
+        grads.append(model.out.grad.clone())
+    return grads
+
+
+def test_opmd_tau_changes_the_gradient_after_the_first_update():
+    """Kimi k1.5 section 2.3.2: the gradient is ``(r - rbar) grad log pi - tau/2 grad (log pi/pi_i)^2`` on
+    samples of the fixed pi_i. At the first update pi == pi_i and the tau term has zero gradient; from the
+    second it pulls towards pi_i, so tau must change it."""
+    (first0, second0), (first1, second1) = opmd_grads(0.0), opmd_grads(1.0)
+    torch.testing.assert_close(first0, first1)
+    assert not torch.allclose(second0, second1, rtol=1e-4, atol=1e-7)
+
+
+def test_opmd_preset_makes_several_updates_and_resets_adam_once_per_iteration():
+    spec = resolve_spec("opmd")
+    assert spec.num_epochs * spec.num_mini_batches > 1 and spec.reset_optimizer_each_step
+    model = ToyLM()
+    cfg = TrainingConfig(micro_batch_size=4, lr=1e-2, max_grad_norm=None)
+    opt, sched = build_optimizer(list(model.parameters()), cfg)
+    upd = Updater(spec=spec, cfg=cfg, model=model, optimizer=opt, scheduler=sched, logprob_fn=toy_logprobs,
+                  max_completion_len=8)
+    updates = spec.num_epochs * spec.num_mini_batches
+    for _ in range(2):  # two iterations: the Adam step count restarts at each
+        stats = upd.update(on_policy_batch(model), torch.Generator().manual_seed(0))
+        assert stats["train/optimizer_steps"] == updates
+        assert int(opt.state[model.out]["step"]) == updates
+
+
+def test_opmd_with_a_single_update_is_rejected():
+    with pytest.raises(ValueError, match="tau"):
+        resolve_spec("opmd", {"num_epochs": 1, "num_mini_batches": 1})

@@ -143,12 +143,15 @@ def opmd() -> AlgorithmSpec:
 
     Mean-reward baseline (the report's choice for tau log Z), squared-error surrogate with tau=1.0 (the
     report gives no value; Trinity-RFT's default), whole-response logprobs (token sums, mean over
-    samples), no clip, no reference model, optimiser state reset every iteration.
+    samples), no clip, no reference model. Each iteration i is its own mirror-descent problem against
+    the fixed pi_i (the rollout's behaviour log-probs): the optimiser state is reset at its start, then
+    4 updates (2 passes x 2 mini-batches; the report gives no count) move pi_theta away from pi_i so the
+    tau term regularises every update after the first (with a single update it has zero gradient).
     """
     return AlgorithmSpec(
         name="opmd", advantage="opmd", advantage_params={"baseline": "mean"},
         objective="opmd", objective_params={"tau": 1.0}, aggregation="seq_mean_token_sum",
-        reset_optimizer_each_step=True,
+        reset_optimizer_each_step=True, num_epochs=2, num_mini_batches=2,
     )
 
 

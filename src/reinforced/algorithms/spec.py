@@ -270,6 +270,12 @@ def _check_clashes(spec: AlgorithmSpec) -> None:  # noqa: C901  # a flat list of
     if spec.needs_reference and spec.kl.reward_form == "sequence" and spec.critic is not None:
         raise ValueError("kl.reward_form='sequence' folds the KL into the outcome reward of an outcome estimator; "
                          "with a critic (advantage 'gae') the KL is a per-token reward: use kl.reward_form='token'")
+    if spec.objective == "opmd" and spec.num_epochs * spec.num_mini_batches == 1 and spec.objective_params.get("tau", 1.0) > 0:
+        raise ValueError(
+            "objective 'opmd' with one update per rollout: pi_theta == pi_old at that update, so the tau term has "
+            "zero gradient (Kimi k1.5 optimises several steps against the fixed pi_i); set num_mini_batches or "
+            "num_epochs > 1, or objective_params.tau=0"
+        )
     if spec.kl.coef > 0 and spec.kl.placement == "none":
         raise ValueError(f"kl.coef={spec.kl.coef} but kl.placement='none': set kl.placement to 'loss' or 'reward'")
     if spec.needs_reference and spec.kl.placement == "loss" and spec.kl.estimator == "k1":
