@@ -265,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first option: `train CONFIG --resume k=v` leaves k=v over.
+    if extra and (not hasattr(ns, "args") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        ns.args = [*ns.args, *extra]
     try:
         ns.fn(ns)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:

@@ -99,3 +99,24 @@ def test_data_text_is_never_read_as_markup(tmp_path, capsys):
     assert "Is [b]x[/b] in [0, 1]? See [/b] and [red]here" in out
     assert main(["list", "tasks"]) == 0
     assert "[text]" in capsys.readouterr().out  # the modality tag of text tasks, shown in brackets
+
+
+def test_bad_setups_are_rejected_before_any_work(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n"
+                    + json.dumps({"question": "what " * 300, "answer": "2"}) + "\n"
+                    + json.dumps({"question": "no gold"}) + "\n")
+    base = [*TINY, f"run.output_dir={tmp_path}", "run.name=bad", "training.max_steps=1", "eval.sets=[]",
+            "--no-progress"]
+    # A row without gold for the accuracy reward: named by file:line, before any model loads.
+    assert main(["train", *base, f"data.train=[{{path: {rows}}}]"]) == 2
+    assert f"{rows}:3: 'rows-3'" in " ".join(capsys.readouterr().out.split())
+    # An over-long prompt (after the chat template, with the model's tokenizer), before any step.
+    rows.write_text("\n".join(rows.read_text().splitlines()[:2]) + "\n")
+    assert main(["train", *base, f"data.train=[{{path: {rows}}}]", "rollout.max_prompt_tokens=200"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "max_prompt_tokens=200" in out and f"{rows}:2: 'rows-2' is" in out
+    assert not (tmp_path / "bad" / "checkpoints").exists() and not (tmp_path / "bad" / "metrics.jsonl").exists()
+    # A group-relative advantage with one sample per prompt learns nothing.
+    assert main(["train", *base, "rollout.group_size=1"]) == 2
+    assert "rollout.group_size=1" in capsys.readouterr().out

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from reinforced.config import Config, ConfigError, DataSource, RewardTerm
-from reinforced.data import build_eval_sets, filter_by_pass_rate, write_jsonl
+from reinforced.data import filter_by_pass_rate, write_jsonl
+from reinforced.data.checks import check_gold, check_prompt_lengths
+from reinforced.data.sources import Source, build_eval_sources
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.models import Adapter, load_policy
 from reinforced.rewards import RewardComposer
@@ -105,20 +108,29 @@ def with_verifier(prompt: Prompt) -> Prompt:
     return prompt
 
 
-def build_scorer(cfg: Config) -> RewardComposer:
+def scorer_sets(cfg: Config) -> dict[str, tuple[RewardTerm, ...]]:
+    """Reward sets of evaluation: one verifier per answer type, the tasks' sets and the config's."""
     from reinforced.training.setup import task_reward_sets
 
     sets = {f"answer:{t}": (RewardTerm(name=name, accuracy=True),) for t, name in VERIFIER_BY_ANSWER_TYPE.items()}
     sets.update(task_reward_sets(cfg))
-    return RewardComposer(cfg.rewards.terms, sets, timeout_s=cfg.rewards.timeout_s,
+    return sets
+
+
+def build_scorer(cfg: Config) -> RewardComposer:
+    return RewardComposer(cfg.rewards.terms, scorer_sets(cfg), timeout_s=cfg.rewards.timeout_s,
                           gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format)
 
 
-def engine_and_scorer(cfg: Config) -> tuple[RolloutEngine, RewardComposer]:
-    """The model of ``cfg`` on its device behind a rollout engine, and the answer-type-aware scorer."""
+def engine_and_scorer(cfg: Config, sources: Sequence[Source] = ()) -> tuple[RolloutEngine, RewardComposer]:
+    """The model of ``cfg`` on its device behind a rollout engine, and the answer-type-aware scorer.
+
+    ``sources``: data to check against ``rollout.max_prompt_tokens`` with this model's tokenizer first.
+    """
     policy = load_policy(cfg.model)
     policy.model.to(resolve_device(cfg.run.device))
     adapter = Adapter(policy, cfg.data.template)
+    check_prompt_lengths(sources, lambda p: len(adapter.encode(p).input_ids), cfg.rollout.max_prompt_tokens)
     engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
                           max_prompt_tokens=cfg.rollout.max_prompt_tokens)
     return engine, build_scorer(cfg)
@@ -135,10 +147,12 @@ def with_eval_data(cfg: Config, data: list[str] | None) -> Config:
 def evaluate_config(cfg: Config, data: list[str] | None = None) -> dict[str, float]:
     """Metrics of ``cfg.model`` on ``data`` (paths / built-in set names) or on ``cfg.eval.sets``."""
     cfg = with_eval_data(cfg, data)
-    prompts = build_eval_sets(cfg.eval, cfg.run.seed)
-    if not prompts:
+    sources = build_eval_sources(cfg.eval, cfg.run.seed)
+    if not sources:
         raise ValueError("nothing to evaluate: give --data FILE... or eval.sets in the config")
-    engine, scorer = engine_and_scorer(cfg)
+    check_gold(sources, cfg.rewards.terms, scorer_sets(cfg))  # before the model loads
+    prompts = {s.name: list(s.pool or ()) for s in sources}
+    engine, scorer = engine_and_scorer(cfg, sources)
     e, r = cfg.eval, cfg.rollout
     params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
                            seed=cfg.run.seed)
@@ -156,7 +170,10 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float, keep_e
     Samples ``k`` completions per prompt of ``cfg.data.train`` with ``cfg.model`` and writes the kept rows,
     each with its measured ``pass_rate`` in ``meta`` (it can seed a curriculum).
     """
-    engine, scorer = engine_and_scorer(cfg)
+    sources = build_eval_sources(cfg.eval.model_copy(update={"sets": cfg.data.train, "max_prompts": 10**9}),
+                                 cfg.run.seed)
+    check_gold(sources, cfg.rewards.terms, scorer_sets(cfg))
+    engine, scorer = engine_and_scorer(cfg, sources)
     params = eval_sampling(cfg.rollout.temperature, k, cfg.rollout.max_new_tokens, cfg.rollout.stop, cfg.run.seed)
 
     def pass_rates(prompts: list[Prompt]) -> list[float]:
@@ -165,9 +182,7 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float, keep_e
         return [sum(g.accuracy or ()) / g.group_size for g in scored]
 
     try:
-        prompts = build_eval_sets(cfg.eval.model_copy(update={"sets": cfg.data.train,
-                                                              "max_prompts": 10**9}), cfg.run.seed)
-        kept, _ = filter_by_pass_rate([p for ps in prompts.values() for p in ps], pass_rates, low=low, high=high,
+        kept, _ = filter_by_pass_rate([p for s in sources for p in s.pool or ()], pass_rates, low=low, high=high,
                                       keep_extremes=keep_extremes)
     finally:
         scorer.close()

@@ -15,7 +15,9 @@ import torch
 
 from reinforced.algorithms import AlgorithmSpec, resolve_spec
 from reinforced.config import Config, RewardTerm
-from reinforced.data import build_eval_sets, build_sampler
+from reinforced.data import build_sampler
+from reinforced.data.checks import check_gold, check_prompt_lengths
+from reinforced.data.sources import build_eval_sources
 from reinforced.data.tasks import TASKS
 from reinforced.models import Adapter, LoadedModel, load_policy, load_reference
 from reinforced.rewards import RewardComposer
@@ -111,6 +113,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     if cfg.run.num_threads is not None:
         torch.set_num_threads(cfg.run.num_threads)
 
+    # Data first: a row without gold, a corrupt image or an unknown reward set stops the run before models load.
+    sampler = build_sampler(cfg.data, cfg.run.seed)
+    eval_sources = build_eval_sources(cfg.eval, cfg.run.seed)
+    check_gold([*sampler.sources, *eval_sources], cfg.rewards.terms, task_reward_sets(cfg))
     device = resolve_device(cfg.run.device)
     policy = load_policy(cfg.model)
     policy.model.to(device)
@@ -125,8 +131,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         cfg.rewards.terms, task_reward_sets(cfg), timeout_s=cfg.rewards.timeout_s,
         gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format,
     )
-    sampler = build_sampler(cfg.data, cfg.run.seed)
-    eval_sets = build_eval_sets(cfg.eval, cfg.run.seed)
+    check_prompt_lengths([*sampler.sources, *eval_sources], lambda p: len(adapter.encode(p).input_ids),
+                         cfg.rollout.max_prompt_tokens)
+    eval_sets = {s.name: list(s.pool or ()) for s in eval_sources}
 
     total_opt_steps = cfg.training.max_steps * spec.num_epochs * spec.num_mini_batches
     params = [p for p in policy.model.parameters() if p.requires_grad]
