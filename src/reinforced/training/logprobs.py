@@ -19,9 +19,13 @@ from typing import Any
 import torch
 
 from reinforced.models.processing import Adapter
+from reinforced.training.fused_logprobs import fused_linear_logprobs
 from reinforced.types import TrainBatch
 
 _ROWS_PER_CHUNK = 4
+# config attributes of a transform between the LM head and the logits (the fused head would skip it)
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
+                     "output_multiplier_scale")
 
 
 def token_logprobs(
@@ -68,15 +72,17 @@ def completion_logprobs(
     with_entropy: bool = False,
     share_prefix: bool = True,
     entropy_grad: bool = False,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs [n, T] (and entropy [n, T] or None) of the completion tokens of ``batch`` under ``model``.
 
     Differentiable (call under ``torch.no_grad()`` for old/reference logprobs). Padding positions
     (attention mask 0 in the completion part) are 0 in both outputs. With ``share_prefix``, rows of the same
-    group (same prompt) run the prompt once: see ``shared_prefix_forward``.
+    group (same prompt) run the prompt once: see ``shared_prefix_forward``. With ``fused`` (and a plain
+    linear head) the LM head is applied in token chunks: see ``fused_logprobs``.
     """
     logprobs, entropy, _ = completion_forward(model, adapter, batch, temperature, with_entropy, share_prefix,
-                                              entropy_grad)
+                                              entropy_grad, fused=fused)
     return logprobs, entropy
 
 
@@ -89,34 +95,81 @@ def completion_forward(
     share_prefix: bool = True,
     entropy_grad: bool = False,
     with_hidden: bool = False,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``completion_logprobs`` plus, with ``with_hidden``, the last hidden states [n, T, H] that predict each
     completion token (the LM head's input: a value head on the policy trunk reads them)."""
     s = batch.prompt_len
-    t = batch.input_ids.shape[1] - s
-    unique, inverse = torch.unique(batch.group_index, return_inverse=True)
-    hidden = None
-    extra = {"output_hidden_states": True} if with_hidden else {}  # not every forward accepts the flag
-    if share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model):
-        logits, hidden = shared_prefix_forward(model, adapter, batch, inverse, with_hidden)
-    else:
-        kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
-        if _accepts_logits_to_keep(model):
-            # completion token t sits at column S+t and is predicted by column S+t-1: keep S-1 .. S+T-1
-            out = model(**kwargs, use_cache=False, logits_to_keep=t + 1, **extra)
-            logits = out.logits[:, :-1]  # [n, T, V]
-        else:
-            out = model(**kwargs, use_cache=False, **extra)
-            logits = out.logits[:, s - 1 : -1]
-        if with_hidden:
-            hidden = out.hidden_states[-1][:, s - 1 : s - 1 + t]  # [n, T, H]
     targets = batch.input_ids[:, s:]  # [n, T]
-    logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy, entropy_grad)
     real = batch.attention_mask[:, s:].bool()  # [n, T]
+    unique, inverse = torch.unique(batch.group_index, return_inverse=True)
+    share = share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model)
+    head = fusable_head(model) if fused else None
+    if head is not None:
+        hidden = trunk_hidden(model, adapter, batch, inverse if share else None)  # [n, T, H]
+        lp, ent = fused_linear_logprobs(hidden[real], head.weight, head.bias, targets[real], temperature,
+                                        with_entropy, entropy_grad)  # padding rows never reach the head
+        logprobs = lp.new_zeros(real.shape).masked_scatter(real, lp)
+        entropy = None if ent is None else ent.new_zeros(real.shape).masked_scatter(real, ent)
+        return logprobs, entropy, (hidden if with_hidden else None)
+    logits, hidden = full_logits_forward(model, adapter, batch, inverse if share else None, with_hidden)
+    logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy, entropy_grad)
     logprobs = logprobs.masked_fill(~real, 0.0)
     if entropy is not None:
         entropy = entropy.masked_fill(~real, 0.0)
     return logprobs, entropy, hidden
+
+
+def fusable_head(model: Any) -> torch.nn.Linear | None:
+    """The LM head when ``logits = head(trunk(x))`` exactly, else None (the caller keeps the full logits).
+
+    Needs a plain ``nn.Linear`` head (not quantised or adapter-wrapped) and a separate trunk
+    (``model.base_model``); models that scale or soft-cap the logits after the head (Gemma 2's
+    ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's ``logits_scaling``, ...) do it in their
+    own forward, which the fused head would skip.
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    trunk = getattr(model, "base_model", None)
+    if type(head) is not torch.nn.Linear or trunk is None or trunk is model:
+        return None
+    config = model.config.get_text_config()
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def trunk_hidden(model: Any, adapter: Adapter, batch: TrainBatch, inverse: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """Last hidden states [n, T, H] (the LM head's input) at the columns predicting the completion tokens,
+    from ``model.base_model`` (no LM head, so no logits at all). ``inverse`` [n] (row -> distinct prompt):
+    run each prompt once, as ``shared_prefix_forward``; None: the full teacher-forced forward."""
+    trunk = model.base_model
+    if inverse is not None:
+        out, rest = _shared_prefix_outputs(trunk, adapter, batch, inverse, {})
+        return torch.cat([out.last_hidden_state[inverse, -1:], rest.last_hidden_state[:, :-1]], dim=1)
+    kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
+    # completion token t sits at column S+t and is predicted by column S+t-1
+    return trunk(**kwargs, use_cache=False).last_hidden_state[:, batch.prompt_len - 1 : -1]
+
+
+def full_logits_forward(model: Any, adapter: Adapter, batch: TrainBatch, inverse: torch.Tensor | None,
+                        with_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [n, T, V] predicting the completion tokens (and hidden states [n, T, H] with ``with_hidden``)
+    from the whole model; ``inverse`` as in ``trunk_hidden``."""
+    if inverse is not None:
+        return shared_prefix_forward(model, adapter, batch, inverse, with_hidden)
+    s, t = batch.prompt_len, batch.input_ids.shape[1] - batch.prompt_len
+    extra = {"output_hidden_states": True} if with_hidden else {}  # not every forward accepts the flag
+    kwargs, _ = adapter.forward_kwargs(batch.input_ids, batch.attention_mask, list(batch.vision))
+    if _accepts_logits_to_keep(model):
+        # completion token t sits at column S+t and is predicted by column S+t-1: keep S-1 .. S+T-1
+        out = model(**kwargs, use_cache=False, logits_to_keep=t + 1, **extra)
+        logits = out.logits[:, :-1]  # [n, T, V]
+    else:
+        out = model(**kwargs, use_cache=False, **extra)
+        logits = out.logits[:, s - 1 : -1]
+    return logits, (out.hidden_states[-1][:, s - 1 : s - 1 + t] if with_hidden else None)
 
 
 def shared_prefix_forward(
@@ -131,6 +184,21 @@ def shared_prefix_forward(
     same gradient as the full teacher-forced forward, with the prompt's compute divided by G. ``inverse``
     [n] maps each row to its distinct prompt.
     """
+    extra = {"output_hidden_states": True} if with_hidden else {}
+    out, rest = _shared_prefix_outputs(model, adapter, batch, inverse, {"logits_to_keep": 1, **extra}, extra)
+    # column t of the completion part predicts completion token t+1
+    logits = torch.cat([out.logits[inverse, -1:], rest.logits[:, :-1]], dim=1)  # [n, T, V]
+    if not with_hidden:
+        return logits, None
+    hidden = torch.cat([out.hidden_states[-1][inverse, -1:], rest.hidden_states[-1][:, :-1]], dim=1)
+    return logits, hidden  # [n, T, H]
+
+
+def _shared_prefix_outputs(module: Any, adapter: Adapter, batch: TrainBatch, inverse: torch.Tensor,
+                           prompt_extra: dict[str, Any], rest_extra: dict[str, Any] | None = None
+                           ) -> tuple[Any, Any]:
+    """``module``'s outputs on the distinct prompts [u, S] (with a KV cache) and on the completions [n, T]
+    on top of that cache expanded to the rows; ``module`` is the whole model or its trunk."""
     s = batch.prompt_len
     device = batch.input_ids.device
     first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long, device=device)
@@ -139,19 +207,14 @@ def shared_prefix_forward(
     vision = [batch.vision[i] for i in first.tolist()] if batch.vision else []
     prompt_mask = batch.attention_mask[first, :s]
     kwargs, deltas = adapter.forward_kwargs(batch.input_ids[first, :s], prompt_mask, vision)
-    extra = {"output_hidden_states": True} if with_hidden else {}
-    out = model(**kwargs, use_cache=True, logits_to_keep=1, **extra)
+    out = module(**kwargs, use_cache=True, **prompt_extra)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache.reorder_cache(inverse)  # [u, ...] -> [n, ...] along the batch axis
     text_positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, s:]  # [n, T]
     positions = adapter.decode_position_ids(text_positions, None if deltas is None else deltas[inverse])
-    rest = model(
+    rest = module(
         input_ids=batch.input_ids[:, s:], attention_mask=batch.attention_mask, position_ids=positions,
-        **{_cache_kwarg(model): cache}, use_cache=True, **extra,
+        **{_cache_kwarg(module): cache}, use_cache=True, **(rest_extra or {}),
         cache_position=torch.arange(s, batch.input_ids.shape[1], device=device),
-    )  # column t of the completion part predicts completion token t+1
-    logits = torch.cat([out.logits[inverse, -1:], rest.logits[:, :-1]], dim=1)  # [n, T, V]
-    if not with_hidden:
-        return logits, None
-    hidden = torch.cat([out.hidden_states[-1][inverse, -1:], rest.hidden_states[-1][:, :-1]], dim=1)
-    return logits, hidden  # [n, T, H]
+    )
+    return out, rest

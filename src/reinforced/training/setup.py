@@ -51,14 +51,15 @@ class Run:
     def logprobs(self, model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return completion_logprobs(model, self.adapter, batch, temperature=self.cfg.rollout.temperature,
-                                   with_entropy=with_entropy, entropy_grad=self.spec.entropy_coef > 0)
+                                   with_entropy=with_entropy, entropy_grad=self.spec.entropy_coef > 0,
+                                   fused=self.cfg.training.fused_logprobs)
 
     def forward_with_hidden(self, model: torch.nn.Module, batch: TrainBatch
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Logprobs, entropy and last hidden states [n, T, H] (a value head on the policy's trunk)."""
         logprobs, entropy, hidden = completion_forward(
             model, self.adapter, batch, temperature=self.cfg.rollout.temperature, with_entropy=True,
-            entropy_grad=self.spec.entropy_coef > 0, with_hidden=True)
+            entropy_grad=self.spec.entropy_coef > 0, with_hidden=True, fused=self.cfg.training.fused_logprobs)
         assert hidden is not None
         return logprobs, entropy, hidden
 
