@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -105,8 +106,11 @@ def test_errors_and_none_and_steps():
                           use_worker=False)
     [g], stats = comp.score([group([GOOD, "boom"])])
     assert g.components["_test_raise"] == (0.5, None)
-    assert g.components["_test_none"] == (None, None)
-    assert g.rewards == pytest.approx((1.1 + 1.0, 0.0))
+    assert g.components["_test_none"] == (None, None)  # "not applicable" contributes 0, no error
+    # the weighted term that raised makes the sample's reward NaN (left out of its group), not a 0
+    assert g.rewards[0] == pytest.approx(1.1 + 1.0) and math.isnan(g.rewards[1])
+    assert g.accuracy == (1.0, 0.0)  # the verifier itself ran: "boom" is a wrong answer
+    assert stats["reward/mean"] == pytest.approx(2.1)  # over the valid samples only
     assert g.reward_errors == 1 and stats["reward/errors"] == 1.0
     assert stats["reward/error_frac"] == pytest.approx(1 / 8)
     assert g.step_rewards[0] == (StepScore(0, 2, 2.0),) and g.step_rewards[1] == ()
@@ -154,3 +158,65 @@ def test_describe_rewards_lists_formulas():
         assert name in names and names[name]
     assert "math_verify" in names["math_answer"]
     assert len(names) == len(REWARDS)
+
+
+ADVERSARIAL = {
+    "open_answer": "<answer>" * (1 << 17),  # 1 MB of unclosed tags: quadratic under <answer>(.*?)</answer>
+    "open_think": "<think>" * (1 << 17),
+    "mixed_case": "<ANSWER>x" * (1 << 17),
+    "inner_spaces": " " * (1 << 20) + "x",  # quadratic under a (?:\\s|...)+\\Z search
+    "eos_run": "<|im_end|>" * (1 << 17),
+    "eos_spaced": "</s> " * (1 << 18),
+    "open_boxed": "\\boxed{" * (1 << 17),
+    "digits": "1," * (1 << 19),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_trainer_side_parsing_is_linear(name):
+    """What the trainer process parses itself (hacking metrics, answer extraction for judges) finishes
+    1 MB of adversarial text well under a second: there is no time limit around it."""
+    from reinforced.rewards import answer_blocks, extract_answer, reasoning_text
+    from reinforced.rewards.base import strip_eos
+    from reinforced.rewards.compose import hacking_stats
+
+    text = ADVERSARIAL[name]
+    g = group([text, GOOD]).scored(rewards=(0.0, 1.0), accuracy=(0.0, 1.0))
+    t0 = time.perf_counter()
+    for fallback in ("none", "last_number", "last_line", "whole"):
+        extract_answer(text, fallback)
+    reasoning_text(text), answer_blocks(text), strip_eos(text)
+    stats = hacking_stats([g], {"a": 1.0})
+    assert time.perf_counter() - t0 < 1.0, name
+    assert 0.0 <= stats["hacking/empty_answer_frac"] <= 1.0
+
+
+def test_linear_tag_pairing_matches_the_non_greedy_regex():
+    """tag_blocks pairs tags exactly like re.findall('<answer>(.*?)</answer>', re.I | re.S)."""
+    import random
+    import re
+
+    from reinforced.rewards import answer_blocks, reasoning_text
+
+    pieces = ["<answer>", "</answer>", "<ANSWER>", "</Answer>", "x", "\n", "<think>", "</think>", "<answer"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert answer_blocks(text) == re.findall(r"<answer>(.*?)</answer>", text, re.S | re.I), text
+        thinks = re.findall(r"<think>(.*?)</think>", text, re.S | re.I)
+        if thinks:
+            assert reasoning_text(text) == thinks[-1].strip(), text
+    assert answer_blocks("<answer>a</answer><answer>b") == ["a"]
+    assert reasoning_text("İİ <answer>4</answer>") == "İİ"  # no lower(): offsets stay exact
+
+
+def test_many_process_steps_place_fast():
+    from reinforced.rewards import step_token_rewards
+
+    ends = list(range(1, 20_001))  # 20k tokens, one character each
+    steps = [StepScore(i, i + 1, 1.0) for i in range(20_000)]
+    t0 = time.perf_counter()
+    out = step_token_rewards(steps, ends)
+    assert time.perf_counter() - t0 < 1.0
+    assert out == [1.0] * 20_000
+    assert step_token_rewards([StepScore(0, 10**9, 2.0)], [1, 2]) == [0.0, 2.0]  # beyond the text: last token

@@ -119,6 +119,7 @@ def validate_params(name: str, params: Mapping[str, Any]) -> None:
 # ``\s+\Z`` search is quadratic on long inner runs of whitespace), so tags are paired with str.find.
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _EOS_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<eos>")
+_EOS_REVERSED_RE = re.compile(r"(?:\s|" + "|".join(re.escape(m[::-1]) for m in _EOS_MARKERS) + ")*")
 
 
 def strip_eos(text: str) -> str:
@@ -127,12 +128,9 @@ def strip_eos(text: str) -> str:
     >>> strip_eos("<answer>4</answer>\\n<|im_end|> ")
     '<answer>4</answer>'
     """
-    while True:
-        text = text.rstrip()
-        marker = next((m for m in _EOS_MARKERS if text.endswith(m)), None)
-        if marker is None:
-            return text
-        text = text[: -len(marker)]
+    # An anchored match on the reversed text is one pass; searching for ``(...)+\Z`` forwards retries at
+    # every offset of an inner run (quadratic), and slicing marker by marker copies quadratically.
+    return text[: len(text) - _EOS_REVERSED_RE.match(text[::-1]).end()]  # type: ignore[union-attr]
 
 
 def _tag_positions(text: str, tag: str) -> list[int]:
