@@ -203,6 +203,8 @@ class TrainingConfig(Section):
     """AdamW betas."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping by global norm (None: off)."""
+    max_consecutive_skips: int = Field(3, ge=1)
+    """Stop the run after this many optimiser steps in a row were skipped for non-finite gradients."""
     autocast: Literal["none", "bf16"] = "none"
     """Mixed precision for forward/backward and rollout (bf16 is ~3x faster on AVX512-BF16 CPUs)."""
     fused_logprobs: bool = True

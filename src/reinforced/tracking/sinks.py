@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,23 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per step to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    ``resume_step``: the step a run continues from; rows logged after it are dropped (rewritten beside the
+    file and renamed in, so a crash or full disk never erases the history) and TensorBoard events after it
+    are purged (``purge_step``), so each step appears once. -1 starts the history afresh.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
+        if resume_step is not None:
+            self.truncate_after(resume_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # heavy import only when used
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _clean(float(v)) for k, v in metrics.items()}}
@@ -43,21 +53,38 @@ class MetricsWriter:
                     self._tb.add_scalar(key, float(value), step)
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop rows logged after the checkpoint so the file has one row per step."""
+        """Drop rows logged after ``step``: the kept rows go to a new file beside it, renamed over it."""
         if not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in _rows(self.path) if row["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of ``path``; a torn last line (a crash mid-write) is dropped with a warning."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON ({err})") from None
+            warnings.warn(f"{path}: dropped a torn last line (the run stopped mid-write)", stacklevel=3)
+    return rows
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _rows(Path(run_dir) / "metrics.jsonl")
 
 
 def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limit: int) -> None:

@@ -1,20 +1,40 @@
-"""Checkpoints: HF-format weights + optimiser + scheduler + sampler + RNG + step, written atomically.
+"""Checkpoints: HF-format weights + optimiser + scheduler + sampler + RNG + step, written to survive faults.
 
 Layout: ``<run>/checkpoints/step-N/`` holding ``model/`` (save_pretrained: safetensors, config, tokenizer /
-processor), ``trainer_state.pt`` (optimisers, schedulers, sampler state, RNG states, step) and, for
-value-based runs, ``critic.pt``. A checkpoint is written to ``step-N.tmp`` and renamed, so a crash never
-leaves a half-written checkpoint that resume would pick up.
+processor), ``trainer_state.pt`` (optimisers, schedulers, sampler state, RNG states, step), for value-based
+runs ``critic.pt``, and ``manifest.json`` (every file and its size), written last.
+
+Fault policy:
+- A checkpoint is written to ``step-N.tmp``, every file fsynced, the manifest written, then renamed: a crash
+  or SIGKILL never leaves a folder that resume would take for complete (no manifest, no checkpoint).
+- A failed write (disk full) removes the ``.tmp`` folder and raises ``CheckpointError`` saying why.
+- Non-finite weights are never saved (they would make every later resume diverge or crash).
+- Loading checks sizes against the manifest and reads every file before anything is applied, so a
+  truncated or broken file raises ``CheckpointError`` naming that file and the caller can fall back to
+  the previous checkpoint.
+- Weights are loaded through the same key conversion transformers applies when saving (vision-language
+  models save ``visual.*`` but hold ``model.visual.*``), so resume works for every family.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -31,6 +51,11 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step}"
 
 
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of parameters holding NaN or inf."""
+    return [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -40,31 +65,63 @@ def save_checkpoint(
     critic: torch.nn.Module | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write step ``step`` atomically and keep only the ``keep`` most recent checkpoints."""
+    """Write step ``step`` (fsync, manifest last, rename) and keep only the ``keep`` most recent checkpoints."""
+    bad = non_finite_parameters(model) + (non_finite_parameters(critic) if critic is not None else [])
+    if bad:
+        raise CheckpointError(f"refusing to save step {step}: non-finite weights in {bad[:5]} "
+                              f"(the previous checkpoint stays the latest)")
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    if processing is not None:
-        processing.save_pretrained(tmp / "model")
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
-    if critic is not None:
-        torch.save(critic.state_dict(), tmp / "critic.pt")
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if processing is not None:
+            processing.save_pretrained(tmp / "model")
+        torch.save({"rng": rng_state(), **state, "step": step}, tmp / "trainer_state.pt")
+        if critic is not None:
+            torch.save(critic.state_dict(), tmp / "critic.pt")
+        _write_manifest(tmp, step)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = "disk full" if err.errno == errno.ENOSPC else "write failed"
+        raise CheckpointError(f"could not save checkpoint {final} ({why}: {err}); the partial folder was "
+                              f"removed and the previous checkpoint stays the latest") from err
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    _fsync(final.parent)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_manifest(folder: Path, step: int) -> None:
+    """fsync every file, then write the manifest (file -> size): its presence marks the checkpoint complete."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for f in files:
+        _fsync(f)
+    for d in {f.parent for f in files}:
+        _fsync(d)
+    manifest = {"step": step, "files": {str(f.relative_to(folder)): f.stat().st_size for f in files}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    _fsync(folder / MANIFEST)
+    _fsync(folder)
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints (manifest present), oldest first."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp")
-            and (p / "trainer_state.pt").exists()]
+    done = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / MANIFEST).exists()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -73,23 +130,66 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / "trainer_state.pt", weights_only=False)
+@dataclass
+class Loaded:
+    """Everything read from one checkpoint, before any of it is applied."""
+
+    path: Path
+    state: dict[str, Any]  # trainer_state.pt
+    weights: dict[str, torch.Tensor]  # saved (hub) key names
+    critic: dict[str, torch.Tensor] | None
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Copy the checkpoint's weights into an already-built model (same architecture)."""
+def read_checkpoint(path: Path) -> Loaded:
+    """Read and check every file of the checkpoint at ``path``; ``CheckpointError`` names a bad file."""
     from safetensors.torch import load_file
 
+    manifest = json.loads((path / MANIFEST).read_text())
+    for name, size in manifest["files"].items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != size:
+            actual = f.stat().st_size if f.is_file() else "missing"
+            raise CheckpointError(f"{f}: size {actual}, the manifest says {size} bytes (truncated or replaced)")
     files = sorted((path / "model").glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no safetensors weights in {path / 'model'}")
-    state: dict[str, torch.Tensor] = {}
+        raise CheckpointError(f"no safetensors weights in {path / 'model'}")
+    weights: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(load_file(str(f)))
+        weights.update(_read(f, lambda f: load_file(str(f))))
+    state = _read(path / "trainer_state.pt", lambda f: torch.load(f, weights_only=False))
+    critic_file = path / "critic.pt"
+    critic = _read(critic_file, lambda f: torch.load(f, weights_only=True)) if critic_file.exists() else None
+    return Loaded(path, state, weights, critic)
+
+
+def _read(f: Path, reader: Any) -> Any:
+    try:
+        return reader(f)
+    except Exception as err:  # safetensors, pickle and zip readers each raise their own types
+        raise CheckpointError(f"{f} is unreadable: {type(err).__name__}: {err}") from err
+
+
+def saved_key_names(model: torch.nn.Module) -> dict[str, str]:
+    """Saved (hub) parameter name -> the model's own name, from the conversion ``save_pretrained`` applies.
+
+    The model's state dict is passed through transformers' save-time conversion; renamed entries are the
+    same tensor objects, so identity links each saved name back to the model's name.
+    """
+    from transformers.core_model_loading import revert_weight_conversion
+
+    own = model.state_dict()
+    by_id = {id(t): k for k, t in own.items()}
+    saved = revert_weight_conversion(model, dict(own))
+    return {k: by_id.get(id(t), k) for k, t in saved.items()}
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy saved weights into an already-built model of the same architecture."""
+    names = saved_key_names(model)
+    state = {names.get(k, k): v for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied embeddings are saved once; anything else missing means a different architecture.
     missing = [m for m in missing if "lm_head" not in m]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing={missing[:5]} "
-                           f"unexpected={unexpected[:5]}")
+        raise CheckpointError(f"checkpoint {source} does not match the model: missing={missing[:5]} "
+                              f"unexpected={unexpected[:5]}")

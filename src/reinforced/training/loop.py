@@ -15,11 +15,19 @@ data); this loop never branches on an algorithm's name.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import math
+import signal
+import sys
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,6 +45,7 @@ from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.tracking.progress import Progress
 from reinforced.tracking.report import plot_run
 from reinforced.tracking.sinks import MetricsWriter, write_samples
+from reinforced.training import checkpoint as ckpt
 from reinforced.training.batch import accuracy_matrix, collate_groups, rewards_matrix, step_token_rewards
 from reinforced.training.setup import Run, save, setup
 from reinforced.training.step import _Mean, autocast, model_device
@@ -44,7 +53,18 @@ from reinforced.types import RolloutGroup, SamplingParams, TrainBatch, is_correc
 
 
 class RewardFailure(RuntimeError):
-    """Most rewards of a batch raised or timed out: the run stops (after a checkpoint)."""
+    """Most rewards of a batch raised or timed out: the run stops (after a checkpoint of the last good step).
+
+    ``groups``: the failing step's scored groups, written to the samples folder for diagnosis.
+    """
+
+    def __init__(self, message: str, groups: list[RolloutGroup] | None = None) -> None:
+        super().__init__(message)
+        self.groups = groups or []
+
+
+class Interrupted(SystemExit):
+    """SIGINT / SIGTERM: the run stopped after checkpointing its last finished step (exit 128 + signal)."""
 
 
 @dataclass
@@ -57,44 +77,107 @@ class FitResult:
 
 def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitResult:
     run = setup(cfg, resume)
-    writer = MetricsWriter(run.run_dir, tensorboard=cfg.training.tensorboard)
-    writer.truncate_after(run.start_step)
-    if "before" not in run.history:
+    try:
+        with stop_requests() as stop:
+            return train(run, stop, show_progress)
+    finally:
+        run.rewards.close()
+        run.release()
+
+
+def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
+    cfg = run.cfg
+    fresh = "before" not in run.history  # no checkpoint: the history starts afresh
+    writer = MetricsWriter(run.run_dir, tensorboard=cfg.training.tensorboard,
+                           resume_step=-1 if fresh else run.start_step)
+    if fresh:
         run.history["before"] = run_eval(run, step=0)
         writer.log(0, {**run.history["before"], **pretrain_critic(run)})
     step = run.start_step
-    try:
-        with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress,
-                      every=cfg.training.progress_every) as progress:
-            for step in range(run.start_step + 1, cfg.training.max_steps + 1):
-                t0 = time.perf_counter()
+    with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress,
+                  every=cfg.training.progress_every) as progress:
+        for step in range(run.start_step + 1, cfg.training.max_steps + 1):
+            t0, before_step = time.perf_counter(), resumable_state(run)
+            try:
                 kept, stats = collect(run, step)                                   # sample, roll out, score, filter
-                t1 = time.perf_counter()
-                batch, adv_stats = prepare(run, kept)                              # advantages, prune
-                t2 = time.perf_counter()
-                train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
-                stats["perf/prepare_s"], stats["perf/update_s"] = t2 - t1, time.perf_counter() - t2
-                stats = adv_stats | train_stats | stats  # rollout-wide reward stats win over the kept groups
-                stats["perf/step_s"] = time.perf_counter() - t0
-                stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/rollout_s"]
-                if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
-                    stats.update(run_eval(run, step))
-                writer.log(step, stats)
-                write_samples(run.run_dir, step, kept, cfg.training.samples_per_step)
-                progress.advance(step, stats)
-                if cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0:
-                    save(run, step)
-    except RewardFailure:
-        save(run, step - 1)
-        raise
-    finally:
-        run.rewards.close()
+            except RewardFailure as err:
+                fail_rewards(run, step, err, before_step)
+                raise
+            t1 = time.perf_counter()
+            batch, adv_stats = prepare(run, kept)                              # advantages, prune
+            t2 = time.perf_counter()
+            train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
+            report_skips(run, step, kept, train_stats)
+            stats["perf/prepare_s"], stats["perf/update_s"] = t2 - t1, time.perf_counter() - t2
+            stats = adv_stats | train_stats | stats  # rollout-wide reward stats win over the kept groups
+            stats["perf/step_s"] = time.perf_counter() - t0
+            stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/rollout_s"]
+            if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
+                stats.update(run_eval(run, step))
+            writer.log(step, stats)
+            write_samples(run.run_dir, step, kept, cfg.training.samples_per_step)
+            progress.advance(step, stats)
+            if stop or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
+                save(run, step)
+            if stop:
+                writer.close()
+                raise Interrupted(128 + stop["signal"])
     after = run_eval(run, step=cfg.training.max_steps)
     writer.log(cfg.training.max_steps, after)
     writer.close()
     save(run, cfg.training.max_steps)
     plot_run(run.run_dir)
     return FitResult(run.run_dir, run.history["before"], after, cfg.training.max_steps)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict[str, int]]:
+    """The first SIGINT / SIGTERM prints one line and asks the loop to stop after the step in progress
+    (``stop["signal"]`` is set); a second one gets the default handling (stop at once, no checkpoint)."""
+    stop: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        stop["signal"] = signum
+        signal.signal(signum, previous[signum])
+        print(f"\n{signal.Signals(signum).name}: stopping after the step in progress with a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def resumable_state(run: Run) -> dict[str, Any]:
+    """The state a step's rollout advances (sampler, generators, RNG), copied before the step starts."""
+    return {"sampler": copy.deepcopy(run.sampler.state_dict()), "generator": run.generator.get_state(),
+            "rng": ckpt.rng_state()}
+
+
+def fail_rewards(run: Run, step: int, err: RewardFailure, before_step: dict[str, Any]) -> None:
+    """Write the failing step's samples (all of them, with their reward errors) and checkpoint the last good
+    step with the state from before this step's rollout, unless that checkpoint exists already."""
+    write_samples(run.run_dir, step, err.groups, limit=sum(g.group_size for g in err.groups))
+    last = ckpt.latest_checkpoint(run.run_dir)
+    if last is None or last.name != f"step-{step - 1}":
+        save(run, step - 1, before_step)
+
+
+def report_skips(run: Run, step: int, kept: list[RolloutGroup], stats: dict[str, float]) -> None:
+    """Warn about updates skipped for non-finite gradients, naming where they came from."""
+    num = int(stats.get("train/skipped_steps", 0))
+    if num:
+        ids = [g.prompt.prompt_id for g in kept]
+        sources = run.updater.skip_sources[-num:]
+        warnings.warn(f"step {step}: skipped {num} optimiser step(s): {'; '.join(sources)}; "
+                      f"prompt ids by group: {ids}", stacklevel=2)
 
 
 def pretrain_critic(run: Run) -> dict[str, float]:
@@ -140,7 +223,8 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
         if reward_stats.get("reward/error_frac", 0.0) > run.cfg.rewards.max_error_frac:
             raise RewardFailure(f"step {step}: {reward_stats['reward/error_frac']:.0%} of rewards failed "
                                 f"(limit rewards.max_error_frac={run.cfg.rewards.max_error_frac}); see "
-                                f"the samples and reward errors in {run.run_dir}")
+                                f"the samples and reward errors in "
+                                f"{run.run_dir / 'samples' / f'step-{step:06d}.jsonl'}", scored)
         # pass rates over the samples whose verifier ran: a failed sample (NaN) is not a wrong one
         rates = [(g.prompt.prompt_id, valid(g.accuracy or ())) for g in scored]
         rates = [(pid, sum(v) / len(v)) for pid, v in rates if v]

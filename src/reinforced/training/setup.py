@@ -5,7 +5,9 @@ This is the only place that wires stages together; ``loop.fit`` then reads like 
 
 from __future__ import annotations
 
+import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,12 @@ class Run:
     start_step: int = 0
     generator: torch.Generator = field(default_factory=torch.Generator)
     history: dict[str, Any] = field(default_factory=dict)  # eval before RL, kept across resume
+    lock: Any = None  # the open run-directory lock file (closed by ``release``)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def logprobs(self, model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -93,21 +101,60 @@ def task_reward_sets(cfg: Config) -> dict[str, tuple[RewardTerm, ...]]:
     return {**sets, **cfg.rewards.sets}
 
 
-def run_dir_for(cfg: Config, resume: bool) -> Path:
+class RunLocked(RuntimeError):
+    """Another process is training in this run directory."""
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Take an exclusive lock on ``<run>/.lock`` (fcntl.flock: released by the kernel when the process dies).
+
+    Returns the open lock file; keep it open for the run's lifetime and close it to release.
+    """
+    import fcntl
+
+    handle = (run_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunLocked(f"run directory {run_dir} is in use by another training process (pid {holder}); "
+                        f"wait for it to finish or choose another run.name") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def run_dir_for(cfg: Config, resume: bool) -> tuple[Path, Any]:
+    """The run directory, locked. A directory with a complete checkpoint needs ``resume``; one without any
+    (a run stopped before its first checkpoint) starts again from step 0 either way."""
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if ckpt.latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
-            raise FileExistsError(
-                f"run directory {run_dir} already holds a run: pass --resume to continue it, "
-                f"or choose another run.name"
-            )
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    lock = lock_run_dir(run_dir)
+    if not resume and ckpt.latest_checkpoint(run_dir) is not None:
+        lock.close()
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run: pass --resume to continue it, "
+            f"or choose another run.name"
+        )
+    return run_dir, lock
 
 
 def setup(cfg: Config, resume: bool = False) -> Run:
+    """Build the run in its locked directory (the lock is released if building fails)."""
     spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
-    run_dir = run_dir_for(cfg, resume)
+    run_dir, lock = run_dir_for(cfg, resume)
+    try:
+        return build_run(cfg, spec, run_dir, lock, resume)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume: bool) -> Run:
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     (run_dir / "algorithm.txt").write_text("".join(f"{k}: {v}\n" for k, v in spec.describe()))
     seed_everything(cfg.run.seed)
@@ -131,6 +178,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     rewards = RewardComposer(
         cfg.rewards.terms, task_reward_sets(cfg), timeout_s=cfg.rewards.timeout_s,
         gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format,
+        step_terms_in_reward=spec.process_mode == "outcome",  # else step rewards count through the steps only
     )
     check_prompt_lengths([*sampler.sources, *eval_sources], lambda p: len(adapter.encode(p).input_ids),
                          cfg.rollout.max_prompt_tokens)
@@ -158,7 +206,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     max_new_tokens = max((cfg.rollout.max_new_tokens, *(n for _, n in cfg.rollout.length_schedule)))
     run = Run(cfg=cfg, spec=spec, run_dir=run_dir, policy=policy, adapter=adapter, engine=engine,
               rewards=rewards, sampler=sampler, eval_sets=eval_sets, updater=None,  # type: ignore[arg-type]
-              reference=reference)
+              reference=reference, lock=lock)
     run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
                           scheduler=scheduler, max_completion_len=max_new_tokens,
                           logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
@@ -186,28 +234,40 @@ def trainer_state(run: Run) -> dict[str, Any]:
     }
 
 
-def save(run: Run, step: int) -> Path:
-    return ckpt.save_checkpoint(run.run_dir, step, run.policy.model, run.policy.processor or run.policy.tokenizer, trainer_state(run),
+def save(run: Run, step: int, state: dict[str, Any] | None = None) -> Path:
+    """Checkpoint ``step``; ``state`` overrides parts of the trainer state (a snapshot from before a failed step)."""
+    return ckpt.save_checkpoint(run.run_dir, step, run.policy.model, run.policy.processor or run.policy.tokenizer,
+                                {**trainer_state(run), **(state or {})},
                                 critic=run.updater.critic or run.updater.value_head,
                                 keep=run.cfg.training.keep_checkpoints)
 
 
 def restore(run: Run) -> None:
-    path = ckpt.latest_checkpoint(run.run_dir)
-    if path is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {run.run_dir / 'checkpoints'}")
-    state = ckpt.load_trainer_state(path)
-    ckpt.load_weights(run.policy.model, path)
+    """Load the newest readable checkpoint (falling back past corrupt ones with a warning); none: step 0."""
+    found = ckpt.list_checkpoints(run.run_dir)
+    for path in reversed(found):
+        try:
+            loaded = ckpt.read_checkpoint(path)
+            break
+        except ckpt.CheckpointError as err:
+            warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
+    else:
+        if found:
+            raise ckpt.CheckpointError(f"--resume: no readable checkpoint under {run.run_dir / 'checkpoints'}")
+        warnings.warn(f"--resume: {run.run_dir} has no checkpoint yet; starting from step 0", stacklevel=2)
+        return
+    state = loaded.state
+    ckpt.load_weights(run.policy.model, loaded.weights, loaded.path)
     u = run.updater
     u.optimizer.load_state_dict(state["optimizer"])
     u.scheduler.load_state_dict(state["scheduler"])
     if u.critic is not None:
-        u.critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
+        u.critic.load_state_dict(loaded.critic)
         u.critic_optimizer.load_state_dict(state["critic_optimizer"])  # type: ignore[union-attr]
         if u.critic_scheduler is not None and state.get("critic_scheduler") is not None:
             u.critic_scheduler.load_state_dict(state["critic_scheduler"])
     if u.value_head is not None:
-        u.value_head.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
+        u.value_head.load_state_dict(loaded.critic)
     run.sampler.load_state_dict(state["sampler"])
     run.generator.set_state(state["generator"])
     run.history = state.get("history", {})

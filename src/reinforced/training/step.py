@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -87,6 +87,24 @@ class _Mean:
 LOSS_SHARES = ("loss", "pg_loss", "value_loss", "value/value_loss")
 
 
+def finite_grads(params: list[torch.nn.Parameter]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
+def nonfinite_source(kind: str, micro: TrainBatch, stats: dict[str, float], logprobs: torch.Tensor) -> str:
+    """Where a non-finite loss or gradient came from: the loss terms that are non-finite and the rows
+    (``group_index``, the prompt group within the step) whose inputs or log-probs are."""
+    terms = [k for k, v in stats.items() if not math.isfinite(float(v))]
+    rows = ~torch.isfinite(logprobs.detach().float()).all(-1).cpu()  # [n]
+    for t in (micro.advantages, micro.old_logprobs, micro.ref_logprobs):
+        if t is not None:
+            rows |= ~torch.isfinite(t.float()).all(-1).cpu()
+    groups = sorted(set(micro.group_index[rows].tolist() if rows.any() else micro.group_index.tolist()))
+    return (f"non-finite {kind} (loss terms {terms or 'all finite'}; "
+            f"{'rows with non-finite inputs in' if rows.any() else 'micro-batch of'} groups {groups})")
+
+
 @dataclass
 class Updater:
     """Runs the optimiser steps of one RL step for the policy (and the critic, for value-based methods)."""
@@ -104,6 +122,10 @@ class Updater:
     value_fn: ValueFn | None = None
     value_head: torch.nn.Module | None = None  # critic on the policy's trunk (in the policy's optimiser)
     hidden_fn: HiddenFn | None = None
+    # Non-finite updates skipped: in a row (reset by an applied step), in total, and where each came from.
+    consecutive_skips: int = 0
+    skipped_steps: int = 0
+    skip_sources: list[str] = field(default_factory=list)
 
     def mini_batches(self, batch: TrainBatch, generator: torch.Generator, num_mini_batches: int
                      ) -> Iterator[TrainBatch]:
@@ -128,7 +150,10 @@ class Updater:
         mini = mini.to(device)
         normalizer = LossNormalizer.for_step(spec, mini.completion_mask, self.max_completion_len)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_total = 0.0
+        loss_total, bad = 0.0, None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
         for micro in mini.split(self.cfg.micro_batch_size):
             values = None
             with autocast(self.cfg.autocast, device):
@@ -147,20 +172,37 @@ class Updater:
                                              micro.completion_mask, normalizer)
                 loss = loss + spec.critic.vf_coef * v_loss  # PPO's c1: the one place vf_coef applies
                 stats = {**stats, **{f"value/{k}": v for k, v in v_stats.items()}}
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite policy loss {loss.item()} (check rewards/advantages)")
+            if not torch.isfinite(loss):  # never backward a NaN: skip this step, say where it came from
+                bad = bad or nonfinite_source("loss", micro, stats, logprobs)
+                continue
             loss.backward()
+            if bad is None and not finite_grads(params):  # checked per micro-batch to name the rows
+                bad = nonfinite_source("gradient", micro, stats, logprobs)
             loss_total += loss.item()
             means.add(stats, float(micro.completion_mask.sum()))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.value_head is not None:
-            params += list(self.value_head.parameters())
         max_norm = self.cfg.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if bad is not None or not math.isfinite(float(grad_norm)):
+            return self.skip_step(bad or f"gradient norm {float(grad_norm)}")
+        self.consecutive_skips = 0
         self.optimizer.step()
         self.scheduler.step()
         return {**{f"train/{k}": v for k, v in means.result().items()}, "train/loss": loss_total,
                 "train/grad_norm": float(grad_norm)}
+
+    def skip_step(self, source: str) -> dict[str, float]:
+        """Drop a non-finite update (nothing is applied); stop after ``max_consecutive_skips`` in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.consecutive_skips += 1
+        self.skipped_steps += 1
+        self.skip_sources.append(source)
+        limit = self.cfg.max_consecutive_skips
+        if self.consecutive_skips >= limit:
+            raise FloatingPointError(
+                f"{self.consecutive_skips} optimiser steps in a row had non-finite gradients "
+                f"(training.max_consecutive_skips={limit}); last: {source}. No update was applied and no "
+                f"non-finite weights were saved: lower training.lr or check the rewards and advantages")
+        return {}
 
     def critic_step(self, mini: TrainBatch) -> dict[str, float]:
         """One optimiser step of the critic (clipped value loss against the GAE returns)."""
@@ -194,7 +236,7 @@ class Updater:
         if self.critic is not None:
             for mini in self.mini_batches(batch, generator, spec.critic.num_mini_batches):
                 means.add(self.critic_step(mini), 1.0)
-        num_steps = 0
+        num_steps, skipped_before = 0, self.skipped_steps
         if train_policy:
             if spec.reset_optimizer_each_step:  # Kimi k1.5: each iteration is a fresh mirror-descent problem
                 self.optimizer.state.clear()
@@ -202,7 +244,8 @@ class Updater:
                 means.add(self.policy_step(mini), 1.0)
                 num_steps += 1
         out = {**means.result(), "train/optimizer_steps": float(num_steps),
-               "train/lr": self.scheduler.get_last_lr()[0]}
+               "train/lr": self.scheduler.get_last_lr()[0],
+               "train/skipped_steps": float(self.skipped_steps - skipped_before)}
         if self.critic_scheduler is not None:
             out["critic/lr"] = self.critic_scheduler.get_last_lr()[0]
         return out
