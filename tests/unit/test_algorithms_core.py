@@ -261,3 +261,35 @@ def test_kl_values_are_clamped_to_plus_minus_ten_by_default(placement: str) -> N
             out = compute_advantages(spec, AdvantageInputs(rewards, mask, lp, ref_logprobs=ref))
             assert out.stats["kl_reward/mean"] == pytest.approx(first / 3, abs=1e-4)
     assert resolve_spec("grpo").kl.clamp == 10.0
+
+
+def step_inputs(rewards: torch.Tensor) -> AdvantageInputs:
+    token_rewards = torch.zeros(2, 5)
+    token_rewards[0, 1], token_rewards[1, 2] = 1.0, -1.0
+    return inputs_for(rewards, [5, 5], token_rewards=token_rewards)
+
+
+def test_process_supervision_uses_only_normalised_step_rewards() -> None:
+    """DeepSeekMath (arXiv 2402.03300) section 4.1.3, process supervision: step rewards are normalised over
+    the group, ``r~ = (r - mean(R)) / std(R)``, and ``A_{i,t} = sum_{index(j) >= t} r~_index(j)``; the
+    outcome reward plays no part, so changing it leaves the advantages unchanged."""
+    spec = resolve_spec("grpo", {"process_mode": "process"})
+    z = 1.0 / (2 ** 0.5 + 1e-6)
+    for outcome in ([[1.0, 0.0]], [[0.0, 5.0]]):
+        out = compute_advantages(spec, step_inputs(torch.tensor(outcome))).advantages
+        torch.testing.assert_close(out, torch.tensor([[z, z, 0, 0, 0], [-z, -z, -z, 0, 0]]), atol=1e-5, rtol=0)
+
+
+def test_outcome_mode_ignores_step_rewards() -> None:
+    spec = resolve_spec("grpo", {"process_mode": "outcome"})
+    with_steps = compute_advantages(spec, step_inputs(torch.tensor([[1.0, 0.0]]))).advantages
+    without = compute_advantages(spec, inputs_for(torch.tensor([[1.0, 0.0]]), [5, 5])).advantages
+    torch.testing.assert_close(with_steps, without)
+
+
+def test_process_only_with_a_critic_has_no_outcome_at_the_last_token() -> None:
+    spec = resolve_spec("orz_ppo", {"process_mode": "process", "critic.whiten_advantages": False})
+    inp = step_inputs(torch.tensor([[1.0, 0.0]]))
+    out = compute_advantages(spec, AdvantageInputs(**{**inp.__dict__, "values": torch.zeros(2, 5)}))
+    # gamma = lambda = 1, V = 0: the return is the sum of the raw step scores at or after t
+    torch.testing.assert_close(out.returns, torch.tensor([[1.0, 1, 0, 0, 0], [-1, -1, -1, 0, 0]]))

@@ -290,3 +290,25 @@ def test_opmd_preset_makes_several_updates_and_resets_adam_once_per_iteration():
 def test_opmd_with_a_single_update_is_rejected():
     with pytest.raises(ValueError, match="tau"):
         resolve_spec("opmd", {"num_epochs": 1, "num_mini_batches": 1})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Process rewards are counted once
+
+
+def test_a_step_scoring_term_is_not_also_counted_in_the_outcome_reward():
+    """outcome_plus_process: a term that returns step scores contributes through them alone, so the
+    composed R holds only the other terms (here the answer check); its scalar score would be the same
+    signal a second time."""
+    from reinforced.rewards import RewardComposer
+
+    prompt = Prompt("p", "q", answer="13", metadata={"key_steps": [["5 cm"], "169"]})
+    text = "### Step 1: sides 5 cm\n### Step 2: 169\n### The final answer is: \\boxed{13}"
+    comp = Completion(text=text, token_ids=(1,), logprobs=(0.0,), finish_reason="stop")
+    terms = [{"name": "step_rar", "weight": 0.5, "params": {"emit_steps": True}},
+             {"name": "math_answer", "accuracy": True}]
+    for in_reward, expected in ((True, 1.0 + 0.5 * 1.1), (False, 1.0)):
+        composer = RewardComposer(terms, use_worker=False, step_terms_in_reward=in_reward)
+        [scored], _ = composer.score([RolloutGroup(prompt, (comp,), prompt_ids=(1,))])
+        assert scored.rewards[0] == pytest.approx(expected)
+        assert sum(s.score for s in scored.step_rewards[0]) == pytest.approx(0.5 * 0.1)

@@ -13,7 +13,10 @@ OpenRLHF's RLOO); with ``kl.reward_form='sequence'`` (RLOO paper, TRL) the estim
 the whitening estimators (``reinforce_pp``, ``batch_zscore``) the KL-shaped per-token returns are whitened
 (REINFORCE++, arXiv 2501.03262). With step scores (``token_rewards``, each at the last token of its step)
 the process advantage of DeepSeekMath (arXiv 2402.03300, section 4.1.3) is added:
-``A_{i,t} += process_weight * sum_{steps s ending at or after t} zscore_group(score_s)``.
+``A_{i,t} += process_weight * sum_{steps s ending at or after t} zscore_group(score_s)``
+(``process_mode='outcome_plus_process'``; the composer keeps step-scoring terms out of R so each reward
+counts once). ``process_mode='process'`` is DeepSeekMath's process supervision: that sum alone, no outcome
+term; ``'outcome'`` ignores the step scores.
 
 Value-based advantages (PPO, arXiv 1707.06347): token rewards ``r_t = [t = last] R - beta KL_t`` (+
 ``process_weight`` times the step scores), GAE with ``lam_actor`` (or VAPO's length-adaptive lambda) for
@@ -128,6 +131,10 @@ def _outcome_tokens(spec: AlgorithmSpec, inputs: AdvantageInputs, kl_reward: Ten
     return torch.where(mask, tokens, torch.zeros_like(tokens))
 
 
+def _uses_steps(spec: AlgorithmSpec, inputs: AdvantageInputs) -> bool:
+    return inputs.token_rewards is not None and spec.process_mode != "outcome" and spec.process_weight > 0
+
+
 def _critic_tokens(spec: AlgorithmSpec, inputs: AdvantageInputs, kl_reward: Tensor | None) -> tuple[Tensor, Tensor]:
     """PPO: token rewards -> (decoupled) GAE -> whitening; returns (advantages, returns), both [N, T]."""
     critic, mask = spec.critic, inputs.completion_mask.bool()
@@ -139,11 +146,11 @@ def _critic_tokens(spec: AlgorithmSpec, inputs: AdvantageInputs, kl_reward: Tens
     last = torch.where(mask, torch.arange(t_len, device=mask.device), -1).max(dim=1).values  # [N]
     outcome = torch.nan_to_num(inputs.rewards.reshape(-1).to(values.dtype))  # [N]
     token_rewards = torch.zeros_like(values)
-    has = last >= 0
+    has = (last >= 0) & (spec.process_mode != "process")  # process supervision: no outcome reward
     token_rewards[has.nonzero().squeeze(1), last[has]] = outcome[has]
     if kl_reward is not None:
         token_rewards = token_rewards - kl_reward
-    if inputs.token_rewards is not None and spec.process_weight > 0:
+    if _uses_steps(spec, inputs):
         token_rewards = token_rewards + spec.process_weight * torch.where(mask, inputs.token_rewards, 0.0)
     lam_actor: float | Tensor = critic.lam_actor
     if critic.lam_alpha is not None:
@@ -166,8 +173,10 @@ def compute_advantages(spec: AlgorithmSpec, inputs: AdvantageInputs) -> Advantag
     if spec.critic is not None:
         advantages, returns = _critic_tokens(spec, inputs, kl_reward)
     else:
-        advantages = _outcome_tokens(spec, inputs, kl_reward)
-        if inputs.token_rewards is not None and spec.process_weight > 0:
+        advantages = torch.zeros_like(inputs.old_logprobs)
+        if spec.process_mode != "process":
+            advantages = _outcome_tokens(spec, inputs, kl_reward)
+        if _uses_steps(spec, inputs):
             proc = process_advantages(inputs.token_rewards, mask, rewards.shape[1], inputs.step_mask)
             advantages = advantages + spec.process_weight * proc
     finite = rewards[torch.isfinite(rewards)]

@@ -120,8 +120,13 @@ class AlgorithmSpec(_Section):
     """Outcome advantage estimator (ADVANTAGES), or ``gae`` with a critic."""
     advantage_params: dict[str, Any] = Field(default_factory=dict)
     """Keyword parameters of the estimator (eps, ddof, ...)."""
+    process_mode: Literal["outcome_plus_process", "process", "outcome"] = "outcome_plus_process"
+    """How step rewards (terms that score steps) enter: ``outcome_plus_process`` adds ``process_weight``
+    times their advantage to the outcome one, and their scalar scores stay out of R (counted once);
+    ``process`` is DeepSeekMath's process supervision (step rewards only, no outcome term); ``outcome``
+    ignores the steps and counts those terms' scores in R like any other."""
     process_weight: float = Field(1.0, ge=0)
-    """Weight of the process-reward advantage added to the outcome one when step rewards are given."""
+    """Weight of the process-reward advantage (or, with a critic, of the step rewards)."""
     objective: str = "ppo_clip"
     """Policy objective (OBJECTIVES)."""
     objective_params: dict[str, Any] = Field(default_factory=dict)
@@ -189,7 +194,7 @@ class AlgorithmSpec(_Section):
             ("dynamic_sampling", "off" if self.dynamic_sampling is None else fmt(self.dynamic_sampling.model_dump())),
             ("mask_truncated", str(self.mask_truncated)),
             ("prune", "off" if self.prune is None else fmt(self.prune.model_dump())),
-            ("process_weight", str(self.process_weight)),
+            ("process", f"{self.process_mode} weight={self.process_weight}"),
             ("critic", "none" if self.critic is None else fmt(self.critic.model_dump())),
         ]
         return lines

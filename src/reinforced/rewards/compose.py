@@ -78,12 +78,16 @@ class RewardComposer:
         gate_accuracy_on_format: bool = False,
         *,
         use_worker: bool = True,
+        step_terms_in_reward: bool = True,
     ) -> None:
         self.sets: dict[str, tuple[Term, ...]] = {}
         for set_name, set_terms in {"default": terms, **dict(sets or {})}.items():
             self.sets[set_name] = self._build_set(set_name, set_terms, gate_accuracy_on_format)
         self.timeout_s = timeout_s
         self.gate = gate_accuracy_on_format
+        # False: a term that returns step scores counts through them only (the trainer's process advantage),
+        # not a second time in the composed reward R (algorithm.process_mode, set by training.setup).
+        self.step_terms_in_reward = step_terms_in_reward
         # in-process mode has no time limit: for debugging and for callers that already isolate
         self.worker = RewardWorker(timeout_s) if use_worker else None
 
@@ -223,8 +227,10 @@ class RewardComposer:
                     continue
                 if r.score is None:  # not applicable
                     continue
-                total += term.weight * r.score
                 mine += [StepScore(s.start, s.end, term.weight * s.score) for s in r.steps]
+                if r.steps and not self.step_terms_in_reward:
+                    continue
+                total += term.weight * r.score
             rewards.append(total)
             steps.append(tuple(sorted(mine, key=lambda s: (s.start, s.end))))
         components = {t.name: tuple(r.score for r in res) for t, res in zip(terms, results, strict=True) if t.scored}
