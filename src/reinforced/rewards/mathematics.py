@@ -130,8 +130,9 @@ _DOLLAR_SEG_RE = re.compile(r"\$+([^$]+)\$+")
 
 
 def _hedged(gold: str, pred: str) -> bool:
-    """``or`` / ``\\pm`` in the prediction that the gold does not have: two answers offered as one."""
-    return _OR_RE.search(pred) is not None and _OR_RE.search(gold) is None
+    """``or`` / ``\\pm`` in the prediction when the gold is one answer (no ``or``, ``\\pm`` or comma):
+    two answers offered as one. For a list gold (``1,-2``) Math-Verify compares ``1 or -2`` as a set."""
+    return _OR_RE.search(pred) is not None and _OR_RE.search(gold) is None and "," not in gold
 
 
 def _join_segments(span: str) -> str:
@@ -182,15 +183,20 @@ def _parse_math(text: str) -> tuple[Any, ...]:
     return tuple(parse(wrapped, parsing_timeout=None))  # type: ignore[arg-type]
 
 
+_BASE_RE = re.compile(r"(\w+)_\{?(\d+)\}?")
+
+
 def _same_text(gold: str, pred: str) -> bool:
     squash = lambda s: re.sub(r"\s+", "", s.replace("$", "")).rstrip(".")  # noqa: E731
     return bool(squash(gold)) and squash(gold) == squash(pred)
 
 
-def math_equal(gold: str, pred: str) -> bool | None:
+def math_equal(gold: str, pred: str, *, whole_text: bool = False) -> bool | None:
     """Whether answer span ``pred`` equals ``gold``: Math-Verify on the normalised spans, hedges
     rejected, then plain-number equality when both sides are plain numbers (module docstring).
-    None when the gold is empty or cannot be parsed at all.
+    None when the gold is empty or cannot be parsed at all. ``whole_text``: ``pred`` is a whole
+    response (the ``whole`` fallback), so Math-Verify finds its final answer and the span-level hedge
+    rules (``or`` and several ``$..$``, which prose is full of) are not applied.
 
     >>> math_equal("5", "\\\\frac{10}{2}"), math_equal("48", "48^\\\\circ"), math_equal("[1,2)", "[1, 2)")
     (True, True, True)
@@ -199,11 +205,18 @@ def math_equal(gold: str, pred: str) -> bool | None:
     """
     from math_verify import verify
 
-    gold, pred = normalize_math(gold), _join_segments(normalize_math(pred))
-    if _hedged(gold, pred):
-        return False
+    gold_boxes = list(dict.fromkeys(all_boxed(gold)))  # boxes in a gold are its answer, as for a prediction
+    gold, pred = normalize_math(", ".join(gold_boxes) if gold_boxes else gold), normalize_math(pred)
+    if not whole_text:
+        pred = _join_segments(pred)
+        if _hedged(gold, pred):
+            return False
     if _same_text(gold, pred):
         return True
+    base = _BASE_RE.fullmatch(gold.strip("$ "))
+    if base:  # Math-Verify drops the subscript of 52_8, so 52_9 and "52_8 or 52_9" would pass
+        m = _BASE_RE.fullmatch(pred.strip("$ ")) or re.fullmatch(r"(\d+)()", pred.strip("$ "))
+        return bool(m) and m.group(1) == base.group(1) and m.group(2) in ("", base.group(2))
     g, p = _parse_math(gold), _parse_math(pred)
     if g and p and verify(list(g), list(p), timeout_seconds=None):  # type: ignore[arg-type]
         return True
@@ -231,7 +244,7 @@ def math_answer(completion: str, prompt: Prompt, fallback: Fallback = "none") ->
     span = math_span(completion, fallback)
     if span is None or not span.strip():
         return RewardResult(score=0.0, info={"answer": span, "reason": "no answer span"})
-    ok = math_equal(gold, span)
+    ok = math_equal(gold, span, whole_text=fallback == "whole" and span == extract_answer(completion, "whole"))
     if ok is None:
         return RewardResult(score=None, info={"error": f"unparseable gold answer {gold!r}"})
     return RewardResult(score=float(ok), info={"answer": span})
