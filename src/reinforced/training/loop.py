@@ -11,6 +11,11 @@
 
 Which estimator, objective, aggregation, KL and filters run is decided by the AlgorithmSpec (presets are
 data); this loop never branches on an algorithm's name.
+
+Faults: the first SIGINT/SIGTERM prints one line, the step in progress finishes and is checkpointed, and fit
+raises ``Interrupted`` (exit 128 + signal). When too many rewards fail, the failing step's samples are written
+and the last good step is checkpointed with the state from before the failing rollout. Non-finite updates
+are skipped in ``Updater`` (``train/skipped_steps``).
 """
 
 from __future__ import annotations
