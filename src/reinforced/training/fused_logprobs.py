@@ -30,15 +30,16 @@ from typing import Any
 
 import torch
 
-CHUNK_BYTES = 1 << 27
-"""Default chunk size: as many tokens as make one [chunk, V] float32 buffer take 128 MiB."""
+CHUNK_BYTES = 1 << 26
+"""Default chunk size: as many tokens as make one [chunk, V] float32 buffer take 64 MiB (at most two
+such buffers are live at a time)."""
 
 
 def default_chunk_size(vocab_size: int) -> int:
     """Tokens per chunk so one [chunk, V] float32 buffer is ``CHUNK_BYTES``.
 
     >>> default_chunk_size(49152)
-    682
+    341
     """
     return max(1, CHUNK_BYTES // (4 * vocab_size))
 
@@ -66,21 +67,22 @@ class _FusedLinearLogprob(torch.autograd.Function):
                 targets: torch.Tensor, temperature: float, with_entropy: bool, entropy_grad: bool,
                 chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = _matmul_dtype(hidden, weight)
+        n = hidden.shape[0]
+        logprobs = hidden.new_empty(n, dtype=torch.float32)
+        entropy = hidden.new_empty(n if with_entropy else 0, dtype=torch.float32)
+        expected = torch.empty_like(entropy)  # E_p[z], kept for the entropy's backward
         with torch.autocast(hidden.device.type, enabled=False):
-            n = hidden.shape[0]
-            logprobs = hidden.new_empty(n, dtype=torch.float32)
-            lse = hidden.new_empty(n, dtype=torch.float32)
-            entropy = hidden.new_empty(n if with_entropy else 0, dtype=torch.float32)
             for i in range(0, n, chunk_size):
-                z = _chunk_logits(hidden[i : i + chunk_size], weight, bias, dtype, temperature)  # [c, V]
-                lse[i : i + chunk_size] = torch.logsumexp(z, dim=-1)
-                chosen = z.gather(-1, targets[i : i + chunk_size, None]).squeeze(-1)
-                logprobs[i : i + chunk_size] = chosen - lse[i : i + chunk_size]
+                sl = slice(i, i + chunk_size)
+                z = _chunk_logits(hidden[sl], weight, bias, dtype, temperature)  # [c, V]
+                lse = torch.logsumexp(z, dim=-1)
+                logprobs[sl] = z.gather(-1, targets[sl, None]).squeeze(-1) - lse
                 if with_entropy:
-                    entropy[i : i + chunk_size] = lse[i : i + chunk_size] - (z.softmax(-1) * z).sum(-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
-        ctx.dtype, ctx.temperature, ctx.chunk_size = dtype, temperature, chunk_size
+                    expected[sl] = z.softmax(-1).mul_(z).sum(-1)  # in place: two [c, V] buffers at most
+                    entropy[sl] = lse - expected[sl]
         ctx.entropy_grad = with_entropy and entropy_grad
+        ctx.save_for_backward(hidden, weight, bias, targets, expected if ctx.entropy_grad else None)
+        ctx.dtype, ctx.temperature, ctx.chunk_size = dtype, temperature, chunk_size
         if not ctx.entropy_grad:
             ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
@@ -88,12 +90,12 @@ class _FusedLinearLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
                  ) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, targets, expected = ctx.saved_tensors
         dtype, tau, chunk = ctx.dtype, ctx.temperature, ctx.chunk_size
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n = hidden.shape[0]
-        g_lp = grad_logprobs if grad_logprobs is not None else hidden.new_zeros(n, dtype=torch.float32)
-        g_ent = grad_entropy if ctx.entropy_grad and grad_entropy is not None else None
+        g_lp = (grad_logprobs if grad_logprobs is not None else hidden.new_zeros(n)).float()[:, None]  # [N, 1]
+        g_ent = grad_entropy.float()[:, None] if ctx.entropy_grad and grad_entropy is not None else None
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
@@ -103,12 +105,13 @@ class _FusedLinearLogprob(torch.autograd.Function):
                 sl = slice(i, i + chunk)
                 h = hidden[sl].to(dtype)
                 z = _chunk_logits(h, weight, bias, dtype, tau)  # [c, V], recomputed
-                p = z.softmax(-1)
-                dz = p * -g_lp[sl, None].float()  # g_lp (onehot(y) - p)
-                dz.scatter_add_(-1, targets[sl, None], g_lp[sl, None].float())
-                if g_ent is not None:  # - g_H p (z - E_p[z]); E_p[z] summed again, not lse - H (cancels)
-                    z.sub_((p * z).sum(-1, keepdim=True)).mul_(p).mul_(g_ent[sl, None].float())
+                dz = z.softmax(-1)  # p, turned into dz in place (two [c, V] buffers at most)
+                if g_ent is not None:  # z <- g_H p (z - E_p[z])
+                    z.sub_(expected[sl, None]).mul_(dz).mul_(g_ent[sl])
+                dz.mul_(-g_lp[sl]).scatter_add_(-1, targets[sl, None], g_lp[sl])  # g_lp (onehot(y) - p)
+                if g_ent is not None:
                     dz.sub_(z)
+                del z
                 dz = dz.div_(tau).to(dtype)  # gradient of the unscaled logits h W^T + b
                 if grad_h is not None:
                     grad_h[sl] = (dz @ w).to(hidden.dtype)

@@ -6,9 +6,17 @@ For a row with prompt x (left-padded to S) and completion y (right-padded to T),
 
 where z_j are the logits at column j and tau the sampling temperature: the same distribution the rollout
 engine samples from (its behaviour logprobs are this quantity taken before top-k/top-p filtering), so
-on-policy ratios are exactly 1. Only the last T+1 hidden states go through the LM head
-(``logits_to_keep``), positions follow the attention mask (left padding), and the log-softmax is taken
-as ``z[y] - logsumexp(z)`` in row chunks so no [n, T, V] float32 copy of the logits is kept beyond one chunk.
+on-policy ratios are exactly 1. Positions follow the attention mask (left padding).
+
+Two ways to the logits, same numbers (``training.fused_logprobs``):
+
+- fused (default, when the LM head is a plain ``nn.Linear`` applied as is): the model's trunk gives the
+  hidden states of the real (non-padding) completion positions and ``fused_logprobs`` applies the head, the
+  log-softmax and the entropy in token chunks, recomputing each chunk's logits in the backward: no
+  [n, T, V] tensor exists at any point, in the forward or the backward;
+- full logits (the fallback, and the reference the fused path is tested against): the whole model with
+  ``logits_to_keep`` (only the last T+1 positions go through the head), then ``z[y] - logsumexp(z)`` in row
+  chunks. The [n, T, V] logits and their gradient are materialised.
 """
 
 from __future__ import annotations
