@@ -48,6 +48,9 @@ BARE = "<answer>4</answer>"
 @pytest.fixture(scope="module")
 def worker_composer():
     comp = RewardComposer(TERMS + [{"name": "_test_sleep", "weight": 0.0}], timeout_s=1.0)
+    comp.timeout_s = comp.worker.timeout_s = 60.0  # warm-up: the child's first imports are not under test
+    comp.score([group([GOOD])])
+    comp.timeout_s = comp.worker.timeout_s = 1.0
     yield comp
     comp.close()
 
