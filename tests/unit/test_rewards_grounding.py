@@ -140,3 +140,13 @@ def test_gui_gold_from_answer_json():
     p = Prompt("p", "q", answer='{"action": "click", "gt_bbox": [0, 0, 10, 10]}')
     assert REWARDS["gui_action"]("<think>a</think><answer>{'action': 'click', 'point': [5, 5]}</answer>", p).score == 3.0
     assert REWARDS["gui_action"]("x", Prompt("p", "q")).score is None
+
+
+def test_iou_of_exactly_half_is_a_match():  # issue 9: COCO and VLM-R1 count IoU >= 0.5
+    gold = {"boxes": [[0, 0, 10, 10]]}
+    half = "<answer>[[0, 0, 10, 5]]</answer>"  # IoU = 50 / 100 = 0.5 exactly
+    assert box_iou([0, 0, 10, 5], [0, 0, 10, 10]) == 0.5
+    assert run("detection", half, metadata=gold).score == 1.0
+    assert run("detection", half, metadata=gold, mode="map").score == pytest.approx(0.1)  # only the 0.5 threshold
+    assert run("detection", "<answer>[[0, 0, 10, 4.9]]</answer>", metadata=gold).score == 0.0
+    assert run("iou", "<answer>[0, 0, 10, 5]</answer>", metadata={"box": [0, 0, 10, 10]}, threshold=0.5).score == 1.0

@@ -218,3 +218,42 @@ def test_repetition():
     assert score("repetition", "a b c d e f") == 0.0
     assert score("repetition", "x y z x y z x y z", ngram=3) == pytest.approx(-(1 - 3 / 7))
     assert score("repetition", "one") == 0.0
+
+
+@pytest.mark.parametrize("gold,text,expected", [  # issue 9: hedges and prefixes; two boxes that are one list
+    ("7", "\\boxed{5} \\boxed{7}", 0.0), ("5, 7", "\\boxed{5} and \\boxed{7}", 1.0),
+    ("7", "<think>\\boxed{5}</think> so \\boxed{7}", 1.0), ("7", "<answer>$5$ or $7$</answer>", 0.0),
+    ("10", "<answer>\\$10</answer>", 1.0), ("1000", "<answer>1 000</answer>", 1.0), ("1", "<answer>1 000</answer>", 0.0),
+    ("1.5", "<answer>1,5</answer>", 0.0), ("1,-2", "<answer>1 or -2</answer>", 1.0), ("52_8", "<answer>52_9</answer>", 0.0),
+])
+def test_math_answer_hedges_and_separators(gold, text, expected):
+    assert score("math_answer", text, gold) == expected
+
+
+@pytest.mark.parametrize("text,expected", [("3 or 4", 0.0), ("3, 4", 0.0), ("x = 3 cm", 1.0), ("3\\pi", 0.0),
+                                           ("3 + \\frac{1}{2}", 0.0), ("3^{2}", 0.0), ("3 m/s^2", 1.0)])
+def test_numeric_reads_one_whole_number(text, expected):
+    assert score("numeric", f"<answer>{text}</answer>", "3") == expected
+
+
+@pytest.mark.parametrize("text,gold,expected", [("There are 3.", "3", 1.0), ("twenty-one", "21", 1.0),
+                                                ("twenty one birds", "21", 1.0), ("3 or 4", "3", 0.0),
+                                                ("3 or 4", "4", 0.0), ("3 dogs and 2 cats", "3", 0.0)])
+def test_count_reads_the_one_stated_integer(text, gold, expected):
+    assert score("count", f"<answer>{text}</answer>", gold) == expected
+
+
+@pytest.mark.parametrize("text,gold,expected", [
+    ("I think the answer is B.", "B", 1.0), ("I think the answer is B.", "I", 0.0), ("A or B", "A", 0.0),
+    ("(A) or (B)", "B", 0.0), ("B Chondral lesion", "B", 1.0), ("I think the answer is (C)", "C", 1.0),
+])
+def test_choice_sentences_and_hedges(text, gold, expected):
+    assert score("choice", f"<answer>{text}</answer>", gold, choices=tuple("ABCDEFGHIJ")) == expected
+
+
+@pytest.mark.parametrize("text,gold,expected", [
+    ("There are no dogs, so the answer is yes", "yes", 1.0), ("There are no dogs, so the answer is yes", "no", 0.0),
+    ("yes and no", "yes", 0.0), ("yes and no", "no", 0.0), ("No. There are no dogs.", "no", 1.0),
+])
+def test_yes_no_reads_the_stated_answer(text, gold, expected):
+    assert score("yes_no", f"<answer>{text}</answer>", gold) == expected

@@ -17,7 +17,7 @@ Gold: ``metadata["box"]`` (one box) / ``metadata["boxes"]`` (+ ``metadata["label
 from ``prompt.answer``.
 
 ``detection`` matches predictions to gold greedily in confidence order (Visual-RFT arXiv 2503.01785): each
-takes the unmatched gold of highest IoU, a match needs IoU > ``iou_threshold`` (and the same label when
+takes the unmatched gold of highest IoU, a match needs IoU >= ``iou_threshold`` (COCO, VLM-R1; Visual-RFT used >) (and the same label when
 both sides have labels). Modes: ``f1`` = 2PR/(P+R); ``iou`` (Visual-RFT) = sum of matched IoU /
 max(#gold, #pred); ``weighted`` (VLM-R1) = (a*position + b*label + c*completeness)/(a+b+c);
 ``map`` = mean over IoU thresholds 0.5:0.95 of all-point-interpolated AP of the confidence ranking.
@@ -108,7 +108,7 @@ def iou(
     pred_frame: Frame | None = None,
     fallback: Fallback = "none",
 ) -> RewardResult:
-    """r = IoU(first box of the answer mapped to the gold frame, gold box); with threshold: 1[IoU > threshold]
+    """r = IoU(first box of the answer mapped to the gold frame, gold box); with threshold: 1[IoU >= threshold]
 
     >>> from reinforced.types import Prompt
     >>> iou("<answer>[0, 0, 10, 10]</answer>", Prompt("p", "q", metadata={"box": [9, 0, 20, 10]})).score
@@ -122,7 +122,7 @@ def iou(
         return RewardResult(score=0.0, info={"reason": "no box in the answer"})
     pred = to_gold_frame(boxes[0], prompt.metadata, pred_frame)
     value = box_iou(pred, gold[0])
-    score = value if threshold is None else float(value > threshold)
+    score = value if threshold is None else float(value >= threshold)
     return RewardResult(score=score, components={"iou": value}, info={"box": pred})
 
 
@@ -168,7 +168,7 @@ def greedy_match(preds: Sequence[tuple[Box, float, str | None]], gold: Sequence[
             value = box_iou(box, g)
             if j not in used and same and value > best_iou:
                 best, best_iou = j, value
-        if best >= 0 and best_iou > threshold:
+        if best >= 0 and best_iou >= threshold:
             used.add(best)
             out[i] = (best, best_iou)
     return out
@@ -218,7 +218,7 @@ def detection_score(preds: Sequence[tuple[Box, float, str | None]], gold: Sequen
                    score=(a * position + b * label_frac + c * complete) / (a + b + c))
     else:
         ths = [0.5 + 0.05 * k for k in range(10)]
-        out["score"] = sum(average_precision(preds, gold, labels, t - 1e-12) for t in ths) / len(ths)
+        out["score"] = sum(average_precision(preds, gold, labels, round(t, 10)) for t in ths) / len(ths)
     return out
 
 
@@ -233,7 +233,7 @@ def detection(
     pred_frame: Frame | None = None,
     fallback: Fallback = "none",
 ) -> RewardResult:
-    """r = match score of predicted vs gold boxes (greedy by confidence, IoU > 0.5; f1|iou|weighted|map) + w_c * confidence term
+    """r = match score of predicted vs gold boxes (greedy by confidence, IoU >= 0.5; f1|iou|weighted|map) + w_c * confidence term
 
     >>> from reinforced.types import Prompt
     >>> detection("<answer>[[0,0,10,10],[50,50,60,60]]</answer>", Prompt("p", "q", metadata={"boxes": [[0,0,10,10]]})).score

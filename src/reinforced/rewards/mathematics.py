@@ -73,8 +73,10 @@ def all_boxed(text: str) -> list[str]:
     """
     out: list[str] = []
     pos = 0
+    nxt = {o: text.find(o) for o in _BOX_OPENERS}  # next match per opener, refreshed only once passed
     while True:
-        starts = [s for s in (text.find(o, pos) for o in _BOX_OPENERS) if s >= 0]
+        nxt = {o: (n if n < 0 or n >= pos else text.find(o, pos)) for o, n in nxt.items()}
+        starts = [n for n in nxt.values() if n >= 0]
         if not starts:
             return out
         i = text.index("{", min(starts)) + 1
@@ -251,7 +253,7 @@ def math_answer(completion: str, prompt: Prompt, fallback: Fallback = "none") ->
 
 
 _NUM_TOKEN_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.\d+)?(?:[eE][+-]?\d{1,3})?(?:/\d+)?")
-_UNIT_EXP_RE = re.compile(r"\^\{?-?\d{1,2}\}?")
+_UNIT_EXP_RE = re.compile(r"(?<=[A-Za-z])\^\{?-?\d{1,2}\}?")  # m^2, not 3^{2}
 _UNIT_RE = re.compile(r"[A-Za-z%°\s/.{}^()*·-]*")  # no backslash: \pi, \sqrt are not units
 _JOINER_RE = re.compile(r"(?<![A-Za-z])(?:and|to)(?![A-Za-z])", re.IGNORECASE)
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")

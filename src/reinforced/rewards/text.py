@@ -24,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from reinforced.rewards.base import Fallback, extract_answer, gold_answer, normalize_text, register_reward
 from reinforced.types import Prompt, RewardResult
 
-_LEAD_RE = re.compile(r"^\(?([A-Za-z])\s*(?:[.):\]]|$|\s+[-:]?\s*\S)")
+# A leading option letter needs a mark after it ("B.", "B)", "(B)", "B:", "B - text"): a bare capital
+# followed by a word is a sentence ("I think ...", "A cat ..."), not option I or A.
+_LEAD_RE = re.compile(r"^\(?([A-Za-z])\s*(?:[.):\]]|$|\s[-:]\s?\S)")
 _LETTERS = string.ascii_uppercase
 
 
@@ -42,9 +44,12 @@ def choice_letters(span: str, choices: Sequence[str] = ()) -> set[str]:
     for i, option in enumerate(choices):  # the option's own text, verbatim
         if norm and norm == normalize_text(option):
             return {_LETTERS[i]}
-    many = re.fullmatch(r"\(?[A-Za-z]\)?(?:\s*(?:,|and|&|\s)\s*\(?[A-Za-z]\)?)+", span)
-    if many:
-        found = {c.upper() for c in re.findall(r"[A-Za-z]", re.sub(r"\band\b", " ", span))}
+    standalone = {c for c in re.findall(r"(?<![A-Za-z])([A-J])(?![A-Za-z])", span) if c in valid}
+    if re.search(r"\bor\b", span, re.IGNORECASE) and len(standalone) > 1:
+        return set()  # "A or B" is a hedge, not a selection
+    parts = [p for p in re.split(r"[\s,&]+|\band\b", span) if p]  # split, not a nested regex: linear
+    if len(parts) > 1 and all(re.fullmatch(r"\(?[A-Za-z]\)?", p) for p in parts):
+        found = {c.upper() for p in parts for c in p if c.isalpha()}
         return found if found <= set(valid) else set()
     lead = _LEAD_RE.match(span)
     if lead and lead.group(1).upper() in valid and (lead.group(1).isupper() or len(span) <= 3):
@@ -52,7 +57,7 @@ def choice_letters(span: str, choices: Sequence[str] = ()) -> set[str]:
     m = re.search(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\b", span, re.IGNORECASE)
     if m and m.group(1).upper() in valid:
         return {m.group(1).upper()}
-    return {c for c in re.findall(r"(?<![A-Za-z])([A-J])(?![A-Za-z])", span) if c in valid}
+    return standalone
 
 
 @register_reward("choice")
@@ -77,22 +82,30 @@ _NO = {"no", "false", "incorrect", "n"}
 
 
 def yes_no_value(text: str | None) -> bool | None:
-    """The first whole word meaning yes (True) or no (False); None when neither occurs.
+    """What the answer says: the word after "answer is", else a leading yes/no word, else the yes/no
+    words if they all agree; None when there is none or they conflict.
 
     >>> yes_no_value("I don't know"), yes_no_value("No, it is not."), yes_no_value("True")
     (None, False, True)
+    >>> yes_no_value("There are no dogs, so the answer is yes"), yes_no_value("yes and no")
+    (True, None)
     """
-    for word in re.findall(r"[a-z]+", (text or "").lower()):
-        if word in _YES:
-            return True
-        if word in _NO:
-            return False
-    return None
+    low = (text or "").lower()
+    stated = re.search(r"answer\s*(?:is|:)\s*([a-z]+)", low)
+    if stated and (stated.group(1) in _YES or stated.group(1) in _NO):
+        return stated.group(1) in _YES
+    words = [w in _YES for w in re.findall(r"[a-z]+", low) if w in _YES or w in _NO]
+    if not words:
+        return None
+    lead = re.match(r"\W*([a-z]+)", low)
+    if lead and (lead.group(1) in _YES or lead.group(1) in _NO) and len(set(words)) == 1:
+        return words[0]
+    return words[0] if len(set(words)) == 1 else None
 
 
 @register_reward("yes_no")
 def yes_no(completion: str, prompt: Prompt, fallback: Fallback = "none") -> RewardResult:
-    """r = 1 if the first whole yes/true/correct|no/false/incorrect word of the answer matches the gold else 0
+    """r = 1 if the answer's yes/no (after "answer is", else its agreeing yes/true|no/false words) matches the gold else 0
 
     >>> from reinforced.types import Prompt
     >>> yes_no("<answer>I know</answer>", Prompt("p", "q", answer="no")).score
