@@ -179,6 +179,23 @@ def test_vision_language_models(family, tmp_path):
     assert_fused_equals_plain(loaded.model, adapter, make_batch(adapter, prompts), with_hidden=family == "llava")
 
 
+def test_bf16_autocast_through_a_model():
+    """Under training.autocast=bf16 both paths take bf16 logits and a float32 softmax: same logprobs to bf16
+    matmul rounding, gradients to 2% of scale (bf16 has 8 mantissa bits)."""
+    loaded = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
+    model, adapter = loaded.model, Adapter(loaded, "plain")
+    batch = make_batch(adapter, [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27?")])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_out = forward_and_grads(model, adapter, batch, share=True, fused=False)
+        fused_out = forward_and_grads(model, adapter, batch, share=True, fused=True)
+    assert fused_out["logprobs"].dtype == torch.float32
+    assert fused_out.keys() == plain_out.keys()
+    assert_close_normwise(fused_out["logprobs"], plain_out["logprobs"], 1e-3)
+    assert_close_normwise(fused_out["entropy"], plain_out["entropy"], 1e-3)
+    for key, want in plain_out.items():
+        assert_close_normwise(fused_out[key], want, 2e-2, key)
+
+
 def test_fused_path_never_runs_the_full_head_and_unfusable_heads_fall_back():
     loaded = load_policy(ModelConfig(name_or_path="tiny-llama"))
     model, adapter = loaded.model, Adapter(loaded, "plain")
