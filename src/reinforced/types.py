@@ -143,6 +143,7 @@ class RolloutGroup:
     filters such as DAPO's dynamic sampling judge on accuracy, not on the shaped score.
     ``components``: reward name -> [G] raw component scores (None where it did not apply).
     ``step_rewards``: per completion, the process-reward steps (empty when none).
+    ``error_texts``: per completion, ``"<reward>: <error>"`` for each reward term that failed on it.
     """
 
     prompt: Prompt
@@ -152,6 +153,7 @@ class RolloutGroup:
     components: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
     step_rewards: tuple[tuple[StepScore, ...], ...] = ()  # [G][num_steps]
     reward_errors: int = 0
+    error_texts: tuple[tuple[str, ...], ...] = ()  # [G][k] "reward: error" of each failed term of a sample
     prompt_ids: tuple[int, ...] = ()  # [S_i] the encoded prompt the completions continue
     vision: Mapping[str, Any] | None = None  # processor outputs for this prompt's images (None: text only)
 

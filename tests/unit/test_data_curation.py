@@ -75,3 +75,17 @@ def test_list_tasks_names_forms_and_rewards() -> None:
     assert {"arithmetic", "word_problem", "countdown", "sequence_type"} <= set(lines)
     assert "open, choice, yes_no" in lines["arithmetic"] and "1*math_answer + 0.1*format" in lines["arithmetic"]
     assert "expression_equals_target" in lines["countdown"]
+
+
+def test_a_prompt_whose_verifier_always_failed_is_dropped_not_scored_zero():
+    """NaN pass rate (every sample's verifier failed) is its own count, never a 0 rate kept by the band."""
+    import math
+
+    from reinforced.data import filter_by_pass_rate
+    from reinforced.types import Prompt
+
+    ps = [Prompt(str(i), "q") for i in range(3)]
+    rates = {"0": math.nan, "1": 0.5, "2": 0.0}
+    kept, stats = filter_by_pass_rate(ps, lambda b: [rates[p.prompt_id] for p in b], keep_extremes=True)
+    assert [p.prompt_id for p, _ in kept] == ["1", "2"]
+    assert stats["dropped_failed"] == 1.0 and stats["mean_pass_rate"] == 0.25

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from reinforced.tracking.report import plot_run
@@ -68,3 +69,18 @@ def test_progress_disabled_prints_nothing():
     with Progress(total=4, enabled=False, every=1, file=out) as progress:
         progress.advance(1, {"reward/mean": 1.0})
     assert out.getvalue() == ""
+
+
+def test_samples_are_valid_json_with_failed_rewards_and_their_error_texts(tmp_path):
+    """A failed reward is NaN in memory: the samples file writes null and the error text, line by line JSON."""
+    nan = float("nan")
+    comps = tuple(Completion(text=t, token_ids=(1,), logprobs=(0.0,), finish_reason="stop") for t in ("a", "b"))
+    group = RolloutGroup(Prompt("p0", "q", answer="1"), comps, rewards=(nan, 1.0), accuracy=(nan, 1.0),
+                         components={"math_answer": (None, 1.0)}, reward_errors=1,
+                         error_texts=(("math_answer: ValueError: boom",), ()))
+    write_samples(tmp_path, 3, [group], limit=10)
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+            for line in (tmp_path / "samples" / "step-000003.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in rows] == [None, 1.0]
+    assert [r["accuracy"] for r in rows] == [None, 1.0]
+    assert [r["reward_errors"] for r in rows] == [["math_answer: ValueError: boom"], []]

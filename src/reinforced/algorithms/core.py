@@ -183,7 +183,7 @@ def compute_advantages(spec: AlgorithmSpec, inputs: AdvantageInputs) -> Advantag
     stats: Stats = {
         "reward/mean": float(finite.mean()) if finite.numel() else 0.0,
         "reward/std": float(finite.std()) if finite.numel() > 1 else 0.0,
-        "reward/frac_zero_std_groups": float((rewards.std(dim=1, unbiased=False) == 0).float().mean()),
+        "reward/frac_zero_std_groups": frac_zero_spread_groups(rewards),
         "advantage/mean": masked_mean(advantages, mask),
         "advantage/std": float(advantages[mask].std()) if int(mask.sum()) > 1 else 0.0,
         "advantage/min": float(advantages[mask].min()) if bool(mask.any()) else 0.0,
@@ -195,6 +195,21 @@ def compute_advantages(spec: AlgorithmSpec, inputs: AdvantageInputs) -> Advantag
         stats["critic/explained_variance"] = explained_variance(inputs.values, returns, mask)
         stats["critic/returns_mean"] = masked_mean(returns, mask)
     return AdvantageOutputs(advantages, returns, stats)
+
+
+def frac_zero_spread_groups(rewards: torch.Tensor) -> float:
+    """Fraction of groups [P, G] whose valid (finite) rewards are all equal: no learning signal there.
+
+    NaN marks a failed sample; it neither makes a group informative nor uniform.
+
+    >>> nan = float("nan")
+    >>> frac_zero_spread_groups(torch.tensor([[1.0, 1.0, nan], [0.0, 1.0, nan], [nan, nan, 2.0], [3.0, 1.0, 3.0]]))
+    0.5
+    """
+    ok = torch.isfinite(rewards)
+    top = torch.where(ok, rewards, -torch.inf).amax(dim=1)
+    low = torch.where(ok, rewards, torch.inf).amin(dim=1)
+    return float((~(top > low)).float().mean())
 
 
 def prune_samples(

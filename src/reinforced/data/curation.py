@@ -11,6 +11,7 @@ with ``meta.pass_rate``, which the ``curriculum`` sampler (``by: pass_rate``) re
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ def filter_by_pass_rate(prompts: Sequence[Prompt], pass_rates: PassRateFn, low: 
 
     ``pass_rates(batch)`` returns one rate in [0, 1] per prompt of the batch. Returns the kept
     ``(prompt, rate)`` pairs in input order and counts (``kept``, ``dropped_zero``, ``dropped_one``,
-    ``dropped_band``, ``mean_pass_rate``).
+    ``dropped_band``, ``dropped_failed`` (rate NaN: no verifier ran), ``mean_pass_rate``).
 
     >>> ps = [Prompt(str(i), "q") for i in range(4)]
     >>> kept, stats = filter_by_pass_rate(ps, lambda b: [{"0": 0.0, "1": 0.5, "2": 1.0, "3": 0.25}[p.prompt_id] for p in b])
@@ -51,6 +52,9 @@ def filter_by_pass_rate(prompts: Sequence[Prompt], pass_rates: PassRateFn, low: 
         if len(rates) != len(batch):
             raise ValueError(f"pass_rates returned {len(rates)} rates for {len(batch)} prompts")
         for prompt, rate in zip(batch, rates, strict=True):
+            if math.isnan(rate):  # every sample's verifier failed: no measured rate, not a 0
+                counts["dropped_failed"] += 1
+                continue
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"pass rate {rate} of prompt {prompt.prompt_id!r} is outside [0, 1]")
             total += rate
@@ -60,8 +64,9 @@ def filter_by_pass_rate(prompts: Sequence[Prompt], pass_rates: PassRateFn, low: 
                 counts["dropped_band"] += 1
             else:
                 kept.append((prompt, rate))
-    stats = {k: float(counts[k]) for k in ("dropped_zero", "dropped_one", "dropped_band")}
-    return kept, {**stats, "kept": float(len(kept)), "mean_pass_rate": total / max(1, len(prompts))}
+    stats = {k: float(counts[k]) for k in ("dropped_zero", "dropped_one", "dropped_band", "dropped_failed")}
+    measured = len(prompts) - counts["dropped_failed"]
+    return kept, {**stats, "kept": float(len(kept)), "mean_pass_rate": total / max(1, measured)}
 
 
 def prompt_to_row(prompt: Prompt, pass_rate: float | None = None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from reinforced.models import Adapter, load_policy
 from reinforced.rewards import RewardComposer
 from reinforced.rollout import RolloutEngine, build_engine
 from reinforced.training.setup import resolve_device
-from reinforced.types import Prompt
+from reinforced.types import Prompt, valid
 
 VERIFIER_BY_ANSWER_TYPE = {
     "choice": "choice",
@@ -179,7 +179,9 @@ def filter_config(cfg: Config, out: str, k: int, low: float, high: float, keep_e
     def pass_rates(prompts: list[Prompt]) -> list[float]:
         groups = engine.generate([with_verifier(p) for p in prompts], params)
         scored, _ = scorer.score(groups)
-        return [sum(g.accuracy or ()) / g.group_size for g in scored]
+        # pass rate over the samples whose verifier ran (a failed one is not a wrong one); NaN if none did
+        rates = [valid(g.accuracy or ()) for g in scored]
+        return [sum(r) / len(r) if r else math.nan for r in rates]
 
     try:
         kept, _ = filter_by_pass_rate([p for s in sources for p in s.pool or ()], pass_rates, low=low, high=high,

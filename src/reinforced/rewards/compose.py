@@ -213,10 +213,12 @@ class RewardComposer:
 
     def _assemble(self, group: RolloutGroup, results: list[list[Any]], acc: list[float]) -> RolloutGroup:
         terms = self.terms_for(group.prompt)
-        rewards, steps, errors = [], [], 0
+        rewards, steps, errors, texts = [], [], 0, []
         for ci in range(group.group_size):
             gate = self._gate_ok(terms, results, ci)
             total, mine = 0.0, []
+            texts.append(tuple(f"{t.name}: {res[ci].info['error']}" for t, res in zip(terms, results, strict=True)
+                               if is_error(res[ci])))
             for term, res in zip(terms, results, strict=True):
                 r: RewardResult = res[ci]
                 errors += int(is_error(r))
@@ -235,7 +237,7 @@ class RewardComposer:
             steps.append(tuple(sorted(mine, key=lambda s: (s.start, s.end))))
         components = {t.name: tuple(r.score for r in res) for t, res in zip(terms, results, strict=True) if t.scored}
         return group.scored(rewards=tuple(rewards), accuracy=tuple(acc), components=components,
-                            step_rewards=tuple(steps), reward_errors=errors)
+                            step_rewards=tuple(steps), reward_errors=errors, error_texts=tuple(texts))
 
 
 def _run_batched(jobs: list[Job], prompts: list[Prompt]) -> list[tuple[int, RewardResult]]:

@@ -108,12 +108,18 @@ def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limi
                     "completion": completion.text,
                     "finish_reason": completion.finish_reason,
                     "num_tokens": completion.num_tokens,
-                    "reward": None if group.rewards is None else group.rewards[g],
-                    "accuracy": None if group.accuracy is None else group.accuracy[g],
-                    "components": {k: v[g] for k, v in group.components.items()},
+                    # a failed reward is NaN in memory; null in the file keeps every line valid JSON
+                    "reward": None if group.rewards is None else _finite(group.rewards[g]),
+                    "accuracy": None if group.accuracy is None else _finite(group.accuracy[g]),
+                    "components": {k: _finite(v[g]) for k, v in group.components.items()},
+                    "reward_errors": list(group.error_texts[g]) if group.error_texts else [],
                 }
             )
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
 
 
 def _image_refs(images: Sequence[Any], stem: Path) -> list[str]:
