@@ -178,7 +178,7 @@ ADVERSARIAL = {
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_trainer_side_parsing_is_linear(name):
     """What the trainer process parses itself (hacking metrics, answer extraction for judges) finishes
-    1 MB of adversarial text well under a second: there is no time limit around it."""
+    1 MB of adversarial text in linear time: there is no time limit around it."""
     from reinforced.rewards import answer_blocks, extract_answer, reasoning_text
     from reinforced.rewards.base import strip_eos
     from reinforced.rewards.compose import hacking_stats
@@ -190,7 +190,9 @@ def test_trainer_side_parsing_is_linear(name):
         extract_answer(text, fallback)
     reasoning_text(text), answer_blocks(text), strip_eos(text)
     stats = hacking_stats([g], {"a": 1.0})
-    assert time.perf_counter() - t0 < 1.0, name
+    # linear: ~0.1-0.6 s here; the quadratic regexes took 23 s on 128 KB (~25 min on 1 MB). 5 s leaves
+    # room for a loaded CI machine and still fails any super-linear parser by orders of magnitude.
+    assert time.perf_counter() - t0 < 5.0, name
     assert 0.0 <= stats["hacking/empty_answer_frac"] <= 1.0
 
 
@@ -220,6 +222,6 @@ def test_many_process_steps_place_fast():
     steps = [StepScore(i, i + 1, 1.0) for i in range(20_000)]
     t0 = time.perf_counter()
     out = step_token_rewards(steps, ends)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 5.0  # a scan per step would be 4e8 Python steps: minutes
     assert out == [1.0] * 20_000
     assert step_token_rewards([StepScore(0, 10**9, 2.0)], [1, 2]) == [0.0, 2.0]  # beyond the text: last token
