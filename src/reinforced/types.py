@@ -187,6 +187,7 @@ class TrainBatch:
     ref_logprobs: torch.Tensor | None = None  # [N, T], only when a KL term needs it
     returns: torch.Tensor | None = None  # [N, T], critic targets (value-based methods)
     old_values: torch.Tensor | None = None  # [N, T], critic values at rollout (value clipping)
+    rollout_logprobs: torch.Tensor | None = None  # [N, T], the engine's logprobs when old_logprobs are the trainer's (TIS)
     vision: tuple[Mapping[str, torch.Tensor] | None, ...] = ()  # [N] per-sample vision inputs
 
     @property
@@ -217,6 +218,7 @@ class TrainBatch:
             ref_logprobs=take(self.ref_logprobs),
             returns=take(self.returns),
             old_values=take(self.old_values),
+            rollout_logprobs=take(self.rollout_logprobs),
             vision=vision,
         )
 
@@ -232,7 +234,8 @@ class TrainBatch:
             completion_mask=self.completion_mask.to(device), old_logprobs=self.old_logprobs.to(device),
             advantages=self.advantages.to(device), group_index=self.group_index.to(device),
             is_truncated=self.is_truncated.to(device), ref_logprobs=move(self.ref_logprobs),
-            returns=move(self.returns), old_values=move(self.old_values), vision=vision,
+            returns=move(self.returns), old_values=move(self.old_values),
+            rollout_logprobs=move(self.rollout_logprobs), vision=vision,
         )
 
     def split(self, micro_batch_size: int) -> list[TrainBatch]:

@@ -226,6 +226,20 @@ def prune_samples(
     return keep, {"prune/rate": 1.0 - float(keep.float().mean()) if n else 0.0}
 
 
+def tis_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights ``min(pi_old / pi_rollout, C)`` per token [n, T], no gradient.
+
+    ``old_logprobs`` are the trainer's log-probs of the sampled tokens before the update, ``rollout_logprobs``
+    the rollout engine's (vLLM): the two differ through kernels and precision, which makes "on-policy" RL
+    silently off-policy (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL";
+    verl's ``tis_imp_ratio_cap``). Padding (both 0) gets weight 1.
+
+    >>> tis_weights(torch.tensor([[0.0, -1.0, -2.0]]), torch.tensor([[-1.0, -1.0, 0.0]]), cap=2.0)
+    tensor([[2.0000, 1.0000, 0.1353]])
+    """
+    return torch.exp(old_logprobs.detach().float() - rollout_logprobs.float()).clamp(max=cap)
+
+
 def policy_loss(
     spec: AlgorithmSpec,
     logprobs: Tensor,
@@ -235,16 +249,27 @@ def policy_loss(
     normalizer: LossNormalizer,
     ref_logprobs: Tensor | None = None,
     entropy: Tensor | None = None,
+    rollout_logprobs: Tensor | None = None,
 ) -> tuple[Tensor, Stats]:
     """This micro-batch's share of ``objective + coef KL - c_H entropy``, aggregated with ``normalizer``
     (built once for the optimiser step), so summing the shares of all micro-batches gives the full loss.
 
     All tensors [n, T]. Stats: ``loss``, ``pg_loss``, ``clip_frac_low``, ``clip_frac_high``,
-    ``dual_clip_frac``, ``approx_kl``, ``ratio_mean``, and ``kl_ref`` / ``entropy`` when given.
+    ``dual_clip_frac``, ``approx_kl``, ``ratio_mean``, and ``kl_ref`` / ``entropy`` when given. With
+    ``spec.tis_cap`` the objective's per-token loss is weighted by ``tis_weights(old_logprobs,
+    rollout_logprobs, tis_cap)`` (stats ``tis_weight_mean``, ``tis_capped_frac``).
     """
     per_token, stats = OBJECTIVES[spec.objective](
         logprobs, old_logprobs, advantages, mask, spec.clip, **spec.objective_params
     )
+    if spec.tis_cap is not None:
+        if rollout_logprobs is None:
+            raise ValueError(f"tis_cap={spec.tis_cap} needs the rollout engine's logprobs (rollout_logprobs) "
+                             "beside the trainer's old_logprobs in policy_loss")
+        weights = tis_weights(old_logprobs, rollout_logprobs, spec.tis_cap)  # [n, T]
+        per_token = per_token * weights
+        stats["tis_weight_mean"] = masked_mean(weights, mask)
+        stats["tis_capped_frac"] = masked_mean((weights >= spec.tis_cap).float(), mask)
     aggregate = AGGREGATORS[spec.aggregation]
     loss = aggregate(per_token, mask, normalizer)
     stats["pg_loss"] = float(loss.detach())

@@ -155,6 +155,11 @@ class AlgorithmSpec(_Section):
     """CPPO completion pruning (None: off)."""
     critic: CriticConfig | None = None
     """Value model settings (value-based methods only)."""
+    tis_cap: float | None = Field(None, gt=0)
+    """Truncated importance sampling cap C (None: off): each token's objective is weighted by
+    ``min(pi_old / pi_rollout, C)``, the trainer's probability of the sampled token over the rollout engine's
+    (vLLM's kernels and precision differ from the trainer's). Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL" (C = 2); verl ``tis_imp_ratio_cap``."""
 
     @property
     def needs_reference(self) -> bool:
@@ -196,6 +201,7 @@ class AlgorithmSpec(_Section):
             ("prune", "off" if self.prune is None else fmt(self.prune.model_dump())),
             ("process", f"{self.process_mode} weight={self.process_weight}"),
             ("critic", "none" if self.critic is None else fmt(self.critic.model_dump())),
+            ("tis_cap", "off" if self.tis_cap is None else str(self.tis_cap)),
         ]
         return lines
 

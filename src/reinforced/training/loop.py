@@ -283,6 +283,7 @@ def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str,
     """Batch the kept groups, compute advantages (and critic targets), then apply sample-level pruning."""
     spec = run.spec
     batch = collate_groups(groups, pad_id=run.adapter.pad_token_id)
+    batch, gap_stats = trainer_old_logprobs(run, batch)
     if spec.mask_truncated:  # DAPO overlong filtering: truncated samples leave the loss and its normaliser
         batch = replace(batch, completion_mask=batch.completion_mask & ~batch.is_truncated[:, None])
     # a sample whose reward failed (NaN, rewards/compose.py) leaves the loss: no gradient, no critic target
@@ -307,7 +308,23 @@ def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str,
         batch = batch.select(keep.nonzero().squeeze(-1))
     if run.reference is not None and ref is None:
         batch = replace(batch, ref_logprobs=forward_in_micro_batches(run, run.reference, batch))
-    return batch, {**adv.stats, **prune_stats}
+    return batch, {**adv.stats, **prune_stats, **gap_stats}
+
+
+def trainer_old_logprobs(run: Run, batch: TrainBatch) -> tuple[TrainBatch, dict[str, float]]:
+    """The trainer's own log-probs of the sampled tokens (a no-grad forward) when the engine's may differ
+    (vLLM: other kernels and precision) or TIS is on: logs the gap ``|trainer - engine|`` over completion
+    tokens (``rollout/logprob_diff_mean``, ``_max``); with ``algorithm.tis_cap`` the ratio is then taken
+    against the trainer's log-probs and the engine's go to ``rollout_logprobs`` for the TIS weight."""
+    if run.spec.tis_cap is None and getattr(run.engine, "logprobs_match_trainer", True):
+        return batch, {}
+    old = forward_in_micro_batches(run, run.policy.model, batch)  # [N, T]
+    gap = (old - batch.old_logprobs).abs()[batch.completion_mask]
+    stats = {"rollout/logprob_diff_mean": float(gap.mean()) if gap.numel() else 0.0,
+             "rollout/logprob_diff_max": float(gap.max()) if gap.numel() else 0.0}
+    if run.spec.tis_cap is not None:
+        batch = replace(batch, old_logprobs=old, rollout_logprobs=batch.old_logprobs)
+    return batch, stats
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:

@@ -165,7 +165,7 @@ class Updater:
             loss, stats = policy_loss(
                 spec, logprobs.float(), micro.old_logprobs, micro.advantages, micro.completion_mask,
                 normalizer, ref_logprobs=micro.ref_logprobs,
-                entropy=None if entropy is None else entropy.float(),
+                entropy=None if entropy is None else entropy.float(), rollout_logprobs=micro.rollout_logprobs,
             )
             if values is not None:
                 v_loss, v_stats = value_loss(spec, values, micro.old_values, micro.returns,
