@@ -216,10 +216,37 @@ class TrainingConfig(Section):
     """How many recent checkpoints to keep."""
     samples_per_step: int = Field(4, ge=0)
     """Rollouts (prompt, completion, reward components) saved per step under samples/."""
-    tensorboard: bool = True
-    """Also write TensorBoard events."""
+    report_to: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ("tensorboard",)
+    """Trackers that get every metrics row and the resolved config, besides metrics.jsonl (always written):
+    ``tensorboard``, ``wandb``, ``mlflow`` (pip extras ``wandb`` / ``mlflow``; docs/tracking.md). ``[]``: none.
+    The older ``training.tensorboard: true|false`` still loads as this list with / without tensorboard."""
     progress_every: int = Field(10, ge=1)
     """Without a terminal (CI, nohup, a cluster's log file) print one plain progress line every N steps."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_alias(cls, data: Any) -> Any:
+        """``tensorboard: true|false`` (older configs) means report_to with / without tensorboard; setting
+        both is allowed only when they agree."""
+        if not isinstance(data, dict) or "tensorboard" not in data:
+            return data
+        data = dict(data)
+        flag = data.pop("tensorboard")
+        if not isinstance(flag, bool):
+            raise ValueError(f"training.tensorboard must be true or false, got {flag!r}")
+        if "report_to" not in data:
+            data["report_to"] = ["tensorboard"] if flag else []
+        elif flag != ("tensorboard" in (data["report_to"] or ())):
+            raise ValueError(f"training.tensorboard={str(flag).lower()} clashes with training.report_to="
+                             f"{list(data['report_to'] or ())}; drop training.tensorboard and list the trackers "
+                             "in training.report_to")
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_trackers(self) -> TrainingConfig:
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"training.report_to lists a tracker twice: {list(self.report_to)}")
+        return self
 
 
 class Config(Section):

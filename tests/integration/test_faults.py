@@ -263,7 +263,7 @@ def test_metrics_history_survives_resume(tmp_path, monkeypatch):
     before = (tmp_path / "metrics.jsonl").read_text()
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     with pytest.raises(OSError), pytest.warns(UserWarning):
-        MetricsWriter(tmp_path, tensorboard=False, resume_step=2)
+        MetricsWriter(tmp_path, report_to=(), resume_step=2)
     assert (tmp_path / "metrics.jsonl").read_text() == before  # a failed rewrite erases nothing
     monkeypatch.undo()
     with pytest.warns(UserWarning, match="torn"):

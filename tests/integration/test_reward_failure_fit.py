@@ -38,9 +38,9 @@ def test_failed_samples_get_zero_advantage_and_leave_group_stats(tmp_path, monke
     prepare = loop.prepare
 
     def spy(run, groups):
-        batch, stats = prepare(run, groups)
+        batch, stats, notes = prepare(run, groups)
         seen.append(([list(g.rewards) for g in groups], batch, run.spec.advantage_params.get("eps", 1e-6)))
-        return batch, stats
+        return batch, stats, notes
 
     monkeypatch.setattr(loop, "prepare", spy)
     cfg = load_config(None, [

@@ -11,7 +11,7 @@ from reinforced.types import Completion, Prompt, RolloutGroup
 
 
 def test_metrics_rows_and_truncation_on_resume(tmp_path):
-    w = MetricsWriter(tmp_path, tensorboard=False)
+    w = MetricsWriter(tmp_path, report_to=())
     for step in range(1, 5):
         w.log(step, {"reward/mean": step / 10, "train/kl_ref": float("nan")})
     w.truncate_after(2)
@@ -35,7 +35,7 @@ def test_samples_keep_images_and_reward_components(tmp_path):
 
 
 def test_plots_are_written(tmp_path):
-    w = MetricsWriter(tmp_path, tensorboard=False)
+    w = MetricsWriter(tmp_path, report_to=())
     for step in range(3):
         w.log(step, {"reward/mean": step, "accuracy/mean": 0.1 * step, "rollout/completion_len": 5,
                      "train/entropy": 1.0, "eval/x/accuracy": 0.5})

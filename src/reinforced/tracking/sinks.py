@@ -1,4 +1,5 @@
-"""Metric sinks: metrics.jsonl (always), TensorBoard events (optional), and rollout samples per step.
+"""Metric sinks: metrics.jsonl (always), the trackers of ``training.report_to`` (trackers.py: TensorBoard,
+W&B, MLflow), and rollout samples per step with each sample's advantage and what became of it in the update.
 
 Metric names are stable and hierarchical (``reward/mean``, ``train/kl``, ``eval/<set>/accuracy``); every
 stage returns its own stats dict and the loop merges them here, so no record carries metrics.
@@ -12,9 +13,15 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from reinforced.types import RolloutGroup
+
+if TYPE_CHECKING:
+    from reinforced.config import Config
+    from reinforced.tracking.trackers import Tracker
 
 
 def _clean(value: Any) -> Any:
@@ -25,32 +32,41 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per step to ``metrics.jsonl`` and sends each row to the named trackers.
 
     ``resume_step``: the step a run continues from; rows logged after it are dropped (rewritten beside the
-    file and renamed in, so a crash or full disk never erases the history) and TensorBoard events after it
-    are purged (``purge_step``), so each step appears once. -1 starts the history afresh.
+    file and renamed in, so a crash or full disk never erases the history), TensorBoard events after it are
+    purged (``purge_step``) so each step appears once, and W&B / MLflow continue the run recorded in
+    ``trackers.json``. -1 (or None) starts the history and the tracker runs afresh.
+    ``config``: the resolved config, logged once to each tracker run.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, report_to: Sequence[str] = ("tensorboard",),
+                 resume_step: int | None = None, config: Config | None = None) -> None:
+        from reinforced.tracking.trackers import TRACKERS, TrackerContext
+
         self.path = run_dir / "metrics.jsonl"
-        self._tb = None
         if resume_step is not None:
             self.truncate_after(resume_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # heavy import only when used
-
-            purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        resume = resume_step is not None and resume_step >= 0
+        ctx = TrackerContext(run_dir, run_name=config.run.name if config else run_dir.name,
+                             config=config.to_dict() if config else {},
+                             config_yaml=config.to_yaml() if config else "", resume=resume,
+                             purge_after=resume_step)
+        self.trackers: list[Tracker] = []
+        try:
+            for name in report_to:
+                self.trackers.append(TRACKERS[name](ctx))
+        except BaseException:
+            self.close()  # the trackers already started end cleanly before the error propagates
+            raise
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _clean(float(v)) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for key, value in metrics.items():
-                if math.isfinite(float(value)):
-                    self._tb.add_scalar(key, float(value), step)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step``: the kept rows go to a new file beside it, renamed over it."""
@@ -65,8 +81,9 @@ class MetricsWriter:
         os.replace(tmp, self.path)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -87,8 +104,33 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return _rows(Path(run_dir) / "metrics.jsonl")
 
 
-def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limit: int) -> None:
-    """Save up to ``limit`` rollouts (prompt, completion, reward and components) of this step."""
+def sample_notes(advantages: torch.Tensor, loss_mask: torch.Tensor, is_truncated: torch.Tensor,
+                 failed: torch.Tensor, kept: torch.Tensor, mask_truncated: bool) -> list[dict[str, Any]]:
+    """Per sample (rows in group order): its advantage and what the update did with it.
+
+    ``advantages`` [N, T] and ``loss_mask`` [N, T] as computed before pruning; ``is_truncated``, ``failed``
+    (reward NaN), ``kept`` (survived sample pruning) [N] bool. ``advantage`` is the mean over the sample's
+    tokens in the loss (the sequence advantage for outcome estimators), None when none is. ``outcome``:
+    ``trained``, ``pruned`` (CPPO), ``truncated_masked`` (DAPO overlong filter) or ``reward_failed``.
+
+    >>> sample_notes(torch.tensor([[1., 1.], [0., 0.]]), torch.tensor([[True, True], [False, False]]),
+    ...              torch.tensor([False, True]), torch.tensor([False, False]), torch.tensor([True, True]), True)
+    [{'advantage': 1.0, 'outcome': 'trained'}, {'advantage': None, 'outcome': 'truncated_masked'}]
+    """
+    num = loss_mask.sum(dim=1)  # [N]
+    mean = (advantages * loss_mask).sum(dim=1) / num.clamp(min=1)  # [N]
+    notes = []
+    for r in range(advantages.shape[0]):
+        outcome = ("reward_failed" if failed[r] else "truncated_masked" if mask_truncated and is_truncated[r]
+                   else "trained" if kept[r] else "pruned")
+        notes.append({"advantage": float(mean[r]) if num[r] else None, "outcome": outcome})
+    return notes
+
+
+def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limit: int,
+                  notes: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """Save up to ``limit`` rollouts (prompt, completion, reward and components) of this step; ``notes``
+    (``sample_notes``, one per completion in group order) add each one's advantage and outcome."""
     if limit <= 0:
         return
     out = run_dir / "samples" / f"step-{step:06d}.jsonl"
@@ -113,6 +155,7 @@ def write_samples(run_dir: Path, step: int, groups: Sequence[RolloutGroup], limi
                     "accuracy": None if group.accuracy is None else _finite(group.accuracy[g]),
                     "components": {k: _finite(v[g]) for k, v in group.components.items()},
                     "reward_errors": list(group.error_texts[g]) if group.error_texts else [],
+                    **(notes[len(rows)] if notes is not None else {}),
                 }
             )
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))

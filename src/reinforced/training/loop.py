@@ -49,7 +49,7 @@ from reinforced.config import Config
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.tracking.progress import Progress
 from reinforced.tracking.report import plot_run
-from reinforced.tracking.sinks import MetricsWriter, write_samples
+from reinforced.tracking.sinks import MetricsWriter, sample_notes, write_samples
 from reinforced.training import checkpoint as ckpt
 from reinforced.training.batch import accuracy_matrix, collate_groups, rewards_matrix, step_token_rewards
 from reinforced.training.setup import Run, save, setup
@@ -93,8 +93,8 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
 def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
     cfg = run.cfg
     fresh = "before" not in run.history  # no checkpoint: the history starts afresh
-    writer = MetricsWriter(run.run_dir, tensorboard=cfg.training.tensorboard,
-                           resume_step=-1 if fresh else run.start_step)
+    writer = MetricsWriter(run.run_dir, cfg.training.report_to, resume_step=-1 if fresh else run.start_step,
+                           config=cfg)
     if fresh:
         run.history["before"] = run_eval(run, step=0)
         writer.log(0, {**run.history["before"], **pretrain_critic(run)})
@@ -109,7 +109,7 @@ def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
                 fail_rewards(run, step, err, before_step)
                 raise
             t1 = time.perf_counter()
-            batch, adv_stats = prepare(run, kept)                              # advantages, prune
+            batch, adv_stats, notes = prepare(run, kept)                       # advantages, prune
             t2 = time.perf_counter()
             train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
             report_skips(run, step, kept, train_stats)
@@ -120,7 +120,7 @@ def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
             if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
                 stats.update(run_eval(run, step))
             writer.log(step, stats)
-            write_samples(run.run_dir, step, kept, cfg.training.samples_per_step)
+            write_samples(run.run_dir, step, kept, cfg.training.samples_per_step, notes)
             progress.advance(step, stats)
             if stop or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
                 save(run, step)
@@ -194,7 +194,7 @@ def pretrain_critic(run: Run) -> dict[str, float]:
     losses: list[float] = []
     for i in range(critic_cfg.pretrain_steps):
         kept, _ = collect(run, step=-(i + 1))  # negative steps: their own sampling seeds
-        batch, _ = prepare(run, kept)
+        batch, _, _ = prepare(run, kept)
         losses.append(run.updater.update(batch, run.generator, train_policy=False)["critic/loss"])
         if plateaued(losses, critic_cfg.pretrain_patience, critic_cfg.pretrain_tolerance):
             break
@@ -279,8 +279,10 @@ def forward_in_micro_batches(run: Run, model: torch.nn.Module, batch: TrainBatch
     return torch.cat(out) * batch.completion_mask
 
 
-def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str, float]]:
-    """Batch the kept groups, compute advantages (and critic targets), then apply sample-level pruning."""
+def prepare(run: Run, groups: list[RolloutGroup]
+            ) -> tuple[TrainBatch, dict[str, float], list[dict[str, Any]]]:
+    """Batch the kept groups, compute advantages (and critic targets), then apply sample-level pruning.
+    Also returns each sample's advantage and outcome (``sample_notes``) for the samples file."""
     spec = run.spec
     batch = collate_groups(groups, pad_id=run.adapter.pad_token_id)
     batch, gap_stats = trainer_old_logprobs(run, batch)
@@ -304,11 +306,13 @@ def prepare(run: Run, groups: list[RolloutGroup]) -> tuple[TrainBatch, dict[str,
         step_mask=None if steps is None else steps[1]))
     batch = replace(batch, advantages=adv.advantages, ref_logprobs=ref, returns=adv.returns, old_values=values)
     keep, prune_stats = prune_samples(spec, batch.advantages, batch.completion_mask, batch.group_index)
+    notes = sample_notes(batch.advantages, batch.completion_mask, batch.is_truncated, failed, keep,
+                         spec.mask_truncated)
     if not bool(keep.all()):
         batch = batch.select(keep.nonzero().squeeze(-1))
     if run.reference is not None and ref is None:
         batch = replace(batch, ref_logprobs=forward_in_micro_batches(run, run.reference, batch))
-    return batch, {**adv.stats, **prune_stats, **gap_stats}
+    return batch, {**adv.stats, **prune_stats, **gap_stats}, notes
 
 
 def trainer_old_logprobs(run: Run, batch: TrainBatch) -> tuple[TrainBatch, dict[str, float]]:
