@@ -152,7 +152,10 @@ class RolloutConfig(Section):
 
 class RewardTerm(Section):
     name: str
-    """A reward in the registry (``reinforced list rewards``)."""
+    """A reward in the registry (``reinforced list rewards``), a Python callable given to ``Trainer``, or
+    ``path/to/file.py:function`` (relative to the config file's folder, then the working directory) or
+    ``package.module:function``: ``f(completions, prompts, **columns) -> list[float | None]`` or
+    ``f(completion, prompt, **params) -> float | None`` (see ``rewards/custom.py``)."""
     weight: float = 1.0
     """Weight in the composed score."""
     params: dict[str, Any] = Field(default_factory=dict)
@@ -358,23 +361,76 @@ def build_config(tree: Mapping[str, Any]) -> Config:
     return cfg
 
 
+def packaged_configs() -> Path:
+    """The folder of the recipes shipped in the package (``reinforced list configs``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("reinforced") / "configs"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it exists, else the packaged recipe of that name, so
+    ``smollm2_arithmetic_grpo`` and ``configs/smollm2_arithmetic_grpo.yaml`` work from any directory."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = packaged_configs() / (p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml")
+    if packaged.is_file():
+        return packaged
+    names = ", ".join(q.stem for q in sorted(packaged_configs().glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (packaged recipes: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    """Read a YAML config and apply ``key=value`` overrides.
+
+    ``path`` is a YAML file or the name of a packaged recipe (``resolve_config_path``); None means the
+    defaults of this module, for Python and the command line alike. Reward files named in the config
+    (``rewards.terms: [{name: my_rewards.py:fn}]``) resolve relative to the config file's folder, then the
+    working directory, and are stored as absolute paths in the returned config.
+
+    >>> load_config(None, ["training.max_steps=3"]).training.max_steps
+    3
+    """
     tree: dict[str, Any] = {}
+    base_dirs: list[Path] = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         loaded = _read_yaml(path)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         tree = loaded
+        base_dirs = [path.parent]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. training.lr=1e-6)")
         key, _, text = item.partition("=")
         apply_override(tree, key.strip(), parse_value(text))
+    resolve_reward_files(tree, base_dirs)
     return build_config(tree)
+
+
+def resolve_reward_files(tree: dict[str, Any], base_dirs: Sequence[Path]) -> None:
+    """Make reward references in ``tree`` absolute and check that each loads with a valid signature.
+
+    A missing file, module or function, or a function of the wrong shape, is a ConfigError naming the key.
+    """
+    rewards = tree.get("rewards")
+    if not isinstance(rewards, dict):
+        return
+    lists = [("rewards.terms", rewards.get("terms"))]
+    if isinstance(rewards.get("sets"), dict):
+        lists += [(f"rewards.sets.{k}", v) for k, v in rewards["sets"].items()]
+    for where, terms in lists:
+        for i, term in enumerate(terms if isinstance(terms, list) else []):
+            if isinstance(term, dict) and isinstance(term.get("name"), str) and ":" in term["name"]:
+                from reinforced.rewards.custom import check_term, resolve_file  # local: imports every reward
+
+                try:
+                    term["name"] = resolve_file(term["name"], base_dirs)
+                    check_term(term["name"], term.get("params") or {})
+                except (KeyError, ValueError) as err:
+                    raise ConfigError(f"{where}.{i}.name: {err}") from None
 
 
 def _read_yaml(path: Path) -> Any:

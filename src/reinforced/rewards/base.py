@@ -88,13 +88,22 @@ def _check_type(name: str, key: str, value: Any, hint: Any) -> None:
         raise ValueError(f"reward {name!r}: {key!r} must be true or false, got {value!r}")
 
 
-def validate_params(name: str, params: Mapping[str, Any]) -> None:
-    """Check ``params`` against reward ``name``'s signature: unknown keys, reserved keys, missing
-    required keys and Literal / numeric values are errors naming the value and the valid choices."""
-    fn = REWARDS[name]
+def validate_params(name: str, params: Mapping[str, Any], fn: Callable[..., Any] | None = None) -> None:
+    """Check ``params`` against reward ``name``'s signature (``fn``: a reward not in the registry): unknown
+    keys, reserved keys, missing required keys and Literal / numeric values are errors naming the value
+    and the valid choices."""
+    fn = REWARDS[name] if fn is None else fn
     sig = inspect.signature(fn)
-    settable = [p for p in list(sig.parameters)[2:] if p not in CONTEXT_PARAMS]
-    hints = typing.get_type_hints(fn)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    named = [p for p in list(sig.parameters.values())[2:] if p.name not in CONTEXT_PARAMS and p.kind not in variadic]
+    required = [p.name for p in named if p.default is inspect.Parameter.empty]
+    settable = [p.name for p in named]
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):  # **params: any key goes
+        settable += [k for k in params if k not in settable and k not in CONTEXT_PARAMS]
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # a user function's annotations may name things that do not resolve here
+        hints = {}
     for key, value in params.items():
         if key in CONTEXT_PARAMS:
             raise ValueError(f"reward {name!r}: {key!r} is filled from the rollout, do not set it in params")
@@ -105,8 +114,8 @@ def validate_params(name: str, params: Mapping[str, Any]) -> None:
             )
         if key in hints:
             _check_type(name, key, value, hints[key])
-    for key in settable:
-        if sig.parameters[key].default is inspect.Parameter.empty and key not in params:
+    for key in required:
+        if key not in params:
             raise ValueError(f"reward {name!r} needs parameter {key!r} (set it in the term's params)")
 
 

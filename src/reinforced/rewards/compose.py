@@ -18,6 +18,10 @@ their group's statistics by every advantage estimator and get advantage 0 (algor
 leave the loss mask, and are left out of accuracy, pass rates and pass@k (``types.valid``);
 ``group_correct`` carries the NaN. A group with fewer than two valid samples gets advantage 0.
 
+User rewards (custom.py): a term's name may be a Python callable registered by ``Trainer`` or a reference
+``file.py:function`` / ``module:function``; a batch-level one (TRL's ``f(completions, prompts, **columns)``)
+runs as one worker job per batch and parameter set.
+
 Process rewards: each term's ``RewardResult.steps`` are scaled by the term's weight and returned in
 ``step_rewards`` (sorted by start); the trainer maps character spans to tokens (``steps.py``).
 
@@ -34,8 +38,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reinforced.rewards.base import NEEDS_ACCURACY, REWARDS, context_params, extract_answer, validate_params
-from reinforced.rewards.worker import Job, RewardWorker, call_safely, check_result
+from reinforced.rewards.base import NEEDS_ACCURACY, context_params, extract_answer
+from reinforced.rewards.custom import BatchReward, check_term
+from reinforced.rewards.worker import BatchJob, Job, RewardWorker, check_result
 from reinforced.types import Prompt, RewardResult, RolloutGroup, StepScore, valid
 
 log = logging.getLogger(__name__)
@@ -81,8 +86,9 @@ class RewardComposer:
         step_terms_in_reward: bool = True,
     ) -> None:
         self.sets: dict[str, tuple[Term, ...]] = {}
+        self.fns: dict[str, Any] = {}  # term name -> the reward it resolves to (custom.resolve_reward)
         for set_name, set_terms in {"default": terms, **dict(sets or {})}.items():
-            self.sets[set_name] = self._build_set(set_name, set_terms, gate_accuracy_on_format)
+            self.sets[set_name] = self._build_set(set_name, set_terms, gate_accuracy_on_format, self.fns)
         self.timeout_s = timeout_s
         self.gate = gate_accuracy_on_format
         # False: a term that returns step scores counts through them only (the trainer's process advantage),
@@ -92,21 +98,21 @@ class RewardComposer:
         self.worker = RewardWorker(timeout_s) if use_worker else None
 
     @staticmethod
-    def _build_set(set_name: str, raw: Sequence[Any], gate: bool) -> tuple[Term, ...]:
+    def _build_set(set_name: str, raw: Sequence[Any], gate: bool, fns: dict[str, Any]) -> tuple[Term, ...]:
         built = [Term.of(t) for t in raw]
         if not built:
             raise ValueError(f"reward set {set_name!r} has no terms")
         seen: set[str] = set()
         for term in built:
             try:
-                REWARDS[term.name]
-                validate_params(term.name, term.params)
+                fns[term.name] = check_term(term.name, term.params)
             except (KeyError, ValueError) as err:
                 raise ValueError(f"reward set {set_name!r}: {err}") from None
             if term.name in seen:
                 raise ValueError(f"reward set {set_name!r} names {term.name!r} twice")
             seen.add(term.name)
         if gate and "format" not in seen:  # the gate needs the format verdict even if it is not rewarded
+            fns["format"] = check_term("format", {})
             built.append(Term("format", 0.0, {}, False, scored=False))
         return tuple(built)
 
@@ -131,20 +137,27 @@ class RewardComposer:
         return self.sets[name]
 
     def _run(self, jobs: list[Job], prompts: list[Prompt]) -> list[RewardResult]:
-        if not jobs:
-            return []
-        if self.worker is None:
-            return [call_safely(j.fn, j.completion, prompts[j.prompt_index], j.params) for j in jobs]
-        batched = [j for j in jobs if getattr(j.fn, "batch", None) is not None]
-        if not batched:
-            return self.worker.run(jobs, prompts)
-        # model- and network-backed rewards batch in-process with their own time-outs (judge.py)
+        """Results of ``jobs`` in order. Per-sample jobs and batch-level user rewards (one ``BatchJob`` per
+        reward and params) run in the worker; judges with ``fn.batch`` batch in-process with their own
+        time-outs (judge.py)."""
         out: dict[int, RewardResult] = {}
-        plain = [i for i, j in enumerate(jobs) if getattr(j.fn, "batch", None) is None]
-        for i, r in zip(plain, self.worker.run([jobs[i] for i in plain], prompts), strict=True):
-            out[i] = r
-        for i, r in _run_batched(jobs, prompts):
-            out[i] = r
+        in_process = [i for i, j in enumerate(jobs) if getattr(j.fn, "batch", None) is not None]
+        plain = [i for i, j in enumerate(jobs)
+                 if getattr(j.fn, "batch", None) is None and not isinstance(j.fn, BatchReward)]
+        units: list[Job | BatchJob] = [jobs[i] for i in plain]
+        owners: list[Any] = list(plain)
+        for idx in _buckets(jobs, lambda j: isinstance(j.fn, BatchReward)):
+            first = jobs[idx[0]]
+            units.append(BatchJob(first.fn, tuple(jobs[i].completion for i in idx),
+                                  tuple(jobs[i].prompt_index for i in idx), dict(first.params)))
+            owners.append(idx)
+        if self.worker is None:
+            results = [u.run(prompts) for u in units]
+        else:
+            results = self.worker.run(units, prompts) if units else []
+        for owner, result in zip(owners, results, strict=True):
+            out.update(zip(owner, result, strict=True) if isinstance(owner, list) else [(owner, result)])
+        out.update(_run_batched([jobs[i] for i in in_process], prompts, in_process))
         return [out[i] for i in range(len(jobs))]
 
     def _jobs(self, groups: Sequence[RolloutGroup], phase2: bool, acc: list[list[float]]) -> tuple[list[Job], list[tuple[int, int, int]]]:
@@ -153,7 +166,7 @@ class RewardComposer:
         for gi, group in enumerate(groups):
             lengths = tuple(c.num_tokens for c in group.completions)
             for ti, term in enumerate(self.terms_for(group.prompt)):
-                fn = REWARDS[term.name]
+                fn = self.fns[term.name]
                 ctx_names = context_params(fn)
                 if bool(NEEDS_ACCURACY & set(ctx_names)) != phase2:
                     continue
@@ -240,14 +253,20 @@ class RewardComposer:
                             step_rewards=tuple(steps), reward_errors=errors, error_texts=tuple(texts))
 
 
-def _run_batched(jobs: list[Job], prompts: list[Prompt]) -> list[tuple[int, RewardResult]]:
-    """Jobs of batch-capable rewards, grouped by (reward, params), one ``fn.batch`` call each."""
+def _buckets(jobs: Sequence[Job], keep: Any) -> list[list[int]]:
+    """Indices of the jobs that ``keep`` selects, grouped by (reward, params): one batch call each."""
     buckets: dict[tuple[int, str], list[int]] = {}
     for i, j in enumerate(jobs):
-        if getattr(j.fn, "batch", None) is not None:
+        if keep(j):
             buckets.setdefault((id(j.fn), repr(sorted(j.params.items()))), []).append(i)
+    return list(buckets.values())
+
+
+def _run_batched(jobs: list[Job], prompts: list[Prompt], positions: list[int]) -> list[tuple[int, RewardResult]]:
+    """Jobs of batch-capable rewards (``fn.batch``), one call per (reward, params); results keyed by
+    ``positions[i]`` for ``jobs[i]``."""
     out = []
-    for idx in buckets.values():
+    for idx in _buckets(jobs, lambda j: True):
         fn, params = jobs[idx[0]].fn, jobs[idx[0]].params
         try:
             results = fn.batch([jobs[i].completion for i in idx], [prompts[jobs[i].prompt_index] for i in idx], **params)  # type: ignore[attr-defined]
@@ -257,7 +276,7 @@ def _run_batched(jobs: list[Job], prompts: list[Prompt]) -> list[tuple[int, Rewa
             got = f"{len(results)} results" if isinstance(results, Sequence) else type(results).__name__
             error = f"{getattr(fn, '__name__', 'reward')}.batch returned {got} for {len(idx)} completions"
             results = [RewardResult(score=None, info={"error": error})] * len(idx)
-        out += list(zip(idx, results, strict=True))
+        out += list(zip([positions[i] for i in idx], results, strict=True))
     return out
 
 

@@ -8,18 +8,30 @@ batch. Exceptions inside a reward become score None with the error text. The chi
 ``forkserver`` (a clean interpreter that imports ``reinforced.rewards`` once; respawns are cheap forks of
 it) so no trainer threads or CUDA state are inherited. Math-Verify's own signal-based time-outs only work
 in a main thread, so they are disabled in the rewards and the limit is enforced here, from outside.
+
+User rewards (``custom.py``): jobs cross the pipe pickled by cloudpickle, so a function defined in the user's
+``__main__`` script or a notebook travels by value (plain pickle sends a reference the child cannot import,
+which used to fail the whole batch, built-in rewards included). The child never imports the user's main
+module: multiprocessing would re-run an unguarded script there (``_main_hidden``). A batch-level reward
+(``BatchJob``, TRL's ``f(completions, prompts, **columns)``) is one job whose limit is ``timeout_s`` per
+completion it scores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import numbers
+import pickle
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import cloudpickle
 
 from reinforced.types import Prompt, RewardResult, StepScore
 
@@ -35,14 +47,50 @@ class Job:
     prompt_index: int
     params: dict[str, Any] = field(default_factory=dict)
 
+    size = 1  # completions scored: the job's time limit is timeout_s x size
 
-def call_safely(fn: Callable[..., RewardResult], completion: str, prompt: Prompt, params: dict[str, Any]) -> RewardResult:
+    def run(self, prompts: Sequence[Prompt]) -> RewardResult:
+        return call_safely(self.fn, self.completion, prompts[self.prompt_index], self.params)
+
+    def failure(self, error: str) -> RewardResult:
+        return RewardResult(score=None, info={"error": error})
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One call of a batch-level reward: ``fn(completions, [prompts[i] for i in prompt_indices], **params)``
+    -> one result per completion (``custom.BatchReward``)."""
+
+    fn: Callable[..., Sequence[RewardResult]]
+    completions: tuple[str, ...]
+    prompt_indices: tuple[int, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.completions)
+
+    def run(self, prompts: Sequence[Prompt]) -> tuple[RewardResult, ...]:
+        try:
+            return tuple(self.fn(list(self.completions), [prompts[i] for i in self.prompt_indices], **self.params))
+        except Exception as err:  # a failing batch reward scores None for its completions, never kills the run
+            return self.failure(_error_text(err))
+
+    def failure(self, error: str) -> tuple[RewardResult, ...]:
+        return (RewardResult(score=None, info={"error": error}),) * self.size
+
+
+def _error_text(err: Exception) -> str:
+    last = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{type(err).__name__}: {err} ({last.name}:{last.lineno})"
+
+
+def call_safely(fn: Callable[..., Any], completion: str, prompt: Prompt, params: dict[str, Any]) -> RewardResult:
     """Call a reward; an exception or a wrong return type becomes score None with the error in info."""
     try:
         result = fn(completion, prompt, **params)
     except Exception as err:  # any failure of a reward on model text must not kill the run
-        last = traceback.extract_tb(err.__traceback__)[-1]
-        return RewardResult(score=None, info={"error": f"{type(err).__name__}: {err} ({last.name}:{last.lineno})"})
+        return RewardResult(score=None, info={"error": _error_text(err)})
     if not isinstance(result, RewardResult):
         return RewardResult(score=None, info={"error": f"reward returned {type(result).__name__}, not RewardResult"})
     return result
@@ -102,14 +150,38 @@ def _serve(conn: Any) -> None:
     conn.send("ready")
     while True:
         try:
-            message = conn.recv()
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        message = pickle.loads(raw)  # cloudpickle's output: functions of __main__ arrive by value
         if message is None:
             return
         prompts, jobs, offset = message
         for i, job in enumerate(jobs):
-            conn.send((offset + i, call_safely(job.fn, job.completion, prompts[job.prompt_index], job.params)))
+            conn.send((offset + i, job.run(prompts)))
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start processes without telling them the parent's ``__main__``.
+
+    multiprocessing's spawn/forkserver children re-import the parent's main script (as ``__mp_main__``) so
+    that pickled references into it resolve; an unguarded script would then train again inside the reward
+    worker. Our jobs carry ``__main__`` functions by value, so the child needs no main module: the
+    preparation data (``multiprocessing.spawn.get_preparation_data``) reads ``__main__.__spec__`` and
+    ``__file__``, which are hidden for the duration of ``Process.start()``.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 class RewardWorker:
@@ -132,7 +204,8 @@ class RewardWorker:
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_serve, args=(child,), daemon=True, name="reinforced-rewards")
-        self._proc.start()
+        with _main_hidden():
+            self._proc.start()
         child.close()
         self._conn = parent
         # start-up (imports) is not charged to the first job's time limit
@@ -148,9 +221,10 @@ class RewardWorker:
             self._conn.close()
         self._proc = self._conn = None
 
-    def run(self, jobs: Sequence[Job], prompts: Sequence[Prompt]) -> list[RewardResult]:
-        """Results of ``jobs`` in order; a job that overruns ``timeout_s`` or kills the child scores None."""
-        results: list[RewardResult | None] = [None] * len(jobs)
+    def run(self, jobs: Sequence[Job | BatchJob], prompts: Sequence[Prompt]) -> list[Any]:
+        """Results of ``jobs`` in order (a tuple of results for a ``BatchJob``); a job that overruns its time
+        limit or kills the child scores None."""
+        results: list[Any] = [None] * len(jobs)
         # Images never cross the pipe: rewards read sizes from metadata (see grounding.py).
         light = [p if not p.images else _without_images(p) for p in prompts]
         start = 0
@@ -158,34 +232,35 @@ class RewardWorker:
             if self._proc is None or not self._proc.is_alive():
                 self._kill()
                 self._start()
-            self._conn.send((light, list(jobs[start:]), start))
-            start = self._collect(results, start, len(jobs))
-        return [r if r is not None else RewardResult(score=None, info={"error": "no result"}) for r in results]
+            self._conn.send_bytes(cloudpickle.dumps((light, list(jobs[start:]), start)))
+            start = self._collect(jobs, results, start)
+        return [r if r is not None else j.failure("no result") for j, r in zip(jobs, results, strict=True)]
 
-    def _collect(self, results: list[RewardResult | None], start: int, total: int) -> int:
+    def _collect(self, jobs: Sequence[Job | BatchJob], results: list[Any], start: int) -> int:
         """Receive results from ``start`` on; on a time-out or crash, record it and return the next index."""
-        for expected in range(start, total):
+        for expected in range(start, len(jobs)):
             began = time.monotonic()
+            limit = self.timeout_s * jobs[expected].size
             try:
-                ready = self._conn.poll(self.timeout_s)
+                ready = self._conn.poll(limit)
                 if ready:
                     index, result = self._conn.recv()
                     results[index] = result
                     continue
-                error = f"timed out after {self.timeout_s:g} s"
+                error = f"timed out after {limit:g} s"
             except (EOFError, OSError, ConnectionError) as err:
                 error = f"reward worker died ({type(err).__name__}) after {time.monotonic() - began:.1f} s"
-            results[expected] = RewardResult(score=None, info={"error": error})
+            results[expected] = jobs[expected].failure(error)
             self._kill()
             self.restarts += 1
             return expected + 1
-        return total
+        return len(jobs)
 
     def close(self) -> None:
         """Stop the child process."""
         if self._conn is not None and self._proc is not None and self._proc.is_alive():
             try:
-                self._conn.send(None)
+                self._conn.send_bytes(pickle.dumps(None))
                 self._proc.join(timeout=2)
             except (OSError, ValueError):
                 pass
