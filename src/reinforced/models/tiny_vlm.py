@@ -88,7 +88,7 @@ def _qwen2_vl(folder: Path, opts: dict[str, Any], v25: bool = False) -> tuple[Pr
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from reinforced.models.vision import ImageOnlyQwen2VLProcessor
+    from reinforced.models.vision import IMAGE_ONLY_PROCESSORS
 
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = char_tokenizer(specials)
@@ -119,7 +119,8 @@ def _qwen2_vl(folder: Path, opts: dict[str, Any], v25: bool = False) -> tuple[Pr
         size={"shortest_edge": pixels, "longest_edge": pixels},
     )
     chat = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
-    return model, ImageOnlyQwen2VLProcessor(image_processor, tok, chat_template=chat)
+    processor_class = IMAGE_ONLY_PROCESSORS["qwen2_5_vl" if v25 else "qwen2_vl"]  # saves the stock files
+    return model, processor_class(image_processor, tok, chat_template=chat)
 
 
 def _idefics3(folder: Path, opts: dict[str, Any]) -> tuple[PreTrainedModel, Any]:

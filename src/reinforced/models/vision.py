@@ -4,7 +4,7 @@ Public API (the models / rollout / training code calls only these):
 
     is_vlm_config(config) -> bool
     load_vlm(path, dtype=torch.float32) -> (model, processor)
-    load_processor(path) -> processor                      # with the Qwen2-VL no-torchvision workaround
+    load_processor(path) -> processor                      # stock files; Qwen2-VL without torchvision: image-only
     load_image(image, sample="?") -> PIL.Image.Image (RGB)  # ImageError naming the sample
     encode_vlm(processor, messages, images, sample="?", add_generation_prompt=True)
         -> (input_ids: list[int], vision: dict[str, Tensor] | None)     # ONE prompt
@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, PretrainedConfig, PreTrainedModel
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+from transformers.utils import is_torchvision_available
 
 from reinforced.types import ImageLike
 
@@ -51,23 +52,63 @@ class VisionError(ValueError):
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2-VL / Qwen2.5-VL processor without the video modality.
+    """Qwen2-VL processor without the video modality, used in memory only; it SAVES the stock files.
 
     Without torchvision, transformers cannot build the stock processor's video processor and
     ``AutoProcessor.from_pretrained`` silently returns the bare tokenizer (PITFALLS.md); images need no
     video processor, so this subclass declares only ``image_processor`` and ``tokenizer``.
+
+    Saved files name only stock classes (``STOCK_CLASS``, ``Qwen2VLVideoProcessor``) so a checkpoint is
+    portable: with torchvision, plain ``AutoProcessor.from_pretrained`` rebuilds the stock processor (the
+    video processor's settings mirror the image processor's); without it, ``load_processor`` builds this
+    class from the same files. The workaround lives in loading code, never in the saved files.
     """
+
+    STOCK_CLASS = "Qwen2VLProcessor"
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
                  **kwargs: Any) -> None:
+        # kwargs: the stock files' ``video_processor`` entry, which this image-only class does not build
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         super(Qwen2VLProcessor, self).__init__(image_processor, tokenizer, chat_template=chat_template)
 
+    def to_dict(self) -> dict[str, Any]:
+        """``processor_config.json`` as the stock processor writes it (its class, a video processor entry)."""
+        out = super().to_dict()
+        out["processor_class"] = self.STOCK_CLASS
+        image = out.get("image_processor", {})
+        out["video_processor"] = {k: image[k] for k in _VIDEO_KEYS if k in image} | {
+            "video_processor_type": "Qwen2VLVideoProcessor"}
+        return out
 
-_QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        """Save, then name the stock processor class in ``tokenizer_config.json`` as well."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        tok_file = Path(save_directory) / "tokenizer_config.json"
+        if tok_file.is_file():
+            tok_config = json.loads(tok_file.read_text())
+            if "processor_class" in tok_config:
+                tok_config["processor_class"] = self.STOCK_CLASS
+                tok_file.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
+        self.tokenizer.init_kwargs["processor_class"] = self.STOCK_CLASS
+        return result
+
+
+class ImageOnlyQwen2_5_VLProcessor(ImageOnlyQwen2VLProcessor):
+    """The image-only processor of Qwen2.5-VL (same inputs as Qwen2-VL; saves as ``Qwen2_5_VLProcessor``)."""
+
+    STOCK_CLASS = "Qwen2_5_VLProcessor"
+
+
+# Image processor settings the stock Qwen2-VL video processor shares (frames are resized and patched alike).
+_VIDEO_KEYS = ("do_convert_rgb", "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize",
+               "image_mean", "image_std", "patch_size", "temporal_patch_size", "merge_size")
+IMAGE_ONLY_PROCESSORS = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor}
+
+
 # Token-aligned processor outputs: rebuilt from the padded batch, never stored per sample.
 _TOKEN_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
@@ -91,19 +132,24 @@ def image_token_id(config: PretrainedConfig) -> int | None:
 
 
 def load_processor(path: str | os.PathLike[str]) -> Any:
-    """The processor saved in ``path``; Qwen2-VL families use the image-only processor (no torchvision)."""
+    """The processor saved in ``path`` (stock files): ``AutoProcessor``, except Qwen2-VL / Qwen2.5-VL without
+    torchvision, which get the image-only processor built from the same files (``ImageOnlyQwen2VLProcessor``)."""
     config = json.loads((Path(path) / "config.json").read_text())
-    if config.get("model_type") in _QWEN_VL_TYPES:
-        return ImageOnlyQwen2VLProcessor.from_pretrained(path)
+    image_only = IMAGE_ONLY_PROCESSORS.get(config.get("model_type"))
+    if image_only is not None and not is_torchvision_available():
+        return image_only.from_pretrained(path)  # the stock files, built without the video processor
     processor = AutoProcessor.from_pretrained(path)
     if not hasattr(processor, "image_processor"):
         raise VisionError(f"{path}: AutoProcessor returned {type(processor).__name__} with no image processor")
     return processor
 
 
-def load_vlm(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
-    """Load a VLM (``AutoModelForImageTextToText``) and its processor from a local folder."""
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+def load_vlm(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, **load_kwargs: Any
+             ) -> tuple[PreTrainedModel, Any]:
+    """Load a VLM (``AutoModelForImageTextToText``) and its processor from a local folder.
+
+    ``load_kwargs`` go to ``from_pretrained`` (QLoRA's quantization_config and device_map)."""
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **load_kwargs)
     return model, load_processor(path)
 
 

@@ -2,7 +2,9 @@
 
 Layout: ``<run>/checkpoints/step-N/`` holding ``model/`` (save_pretrained: safetensors, config, tokenizer /
 processor), ``trainer_state.pt`` (optimisers, schedulers, sampler state, RNG states, step), for value-based
-runs ``critic.pt``, and ``manifest.json`` (every file and its size), written last.
+runs ``critic.pt``, and ``manifest.json`` (every file and its size), written last. ``model/`` holds only stock
+Hugging Face files (``models.vision`` saves the Qwen2-VL processors under their stock names), so it loads
+with plain transformers; ``export_run`` copies the newest one to ``<run>/export/`` at the end of ``fit``.
 
 Fault policy:
 - A checkpoint is written to ``step-N.tmp``, every file fsynced, the manifest written, then renamed: a crash
@@ -193,3 +195,28 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {source} does not match the model: missing={missing[:5]} "
                               f"unexpected={unexpected[:5]}")
+
+
+def export_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Copy the newest checkpoint's ``model/`` folder (weights, config, generation config, tokenizer /
+    processor: stock Hugging Face files only) to ``out`` (default ``<run>/export``) for plain transformers.
+
+    Written to ``<out>.tmp`` then renamed, so ``out`` is never half-written; a previous export there is
+    replaced, any other non-empty folder is an error.
+    """
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint to export (expected {run_dir / 'checkpoints'})")
+    out = Path(out) if out is not None else run_dir / "export"
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise CheckpointError(f"{out} exists and is not a model folder; choose an empty or new --out folder")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(latest / "model", tmp)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not export {latest} to {out}: {err}") from err
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -131,6 +131,7 @@ def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
     writer.log(cfg.training.max_steps, after)
     writer.close()
     save(run, cfg.training.max_steps)
+    ckpt.export_run(run.run_dir)  # <run>/export: the final model for plain transformers
     plot_run(run.run_dir)
     return FitResult(run.run_dir, run.history["before"], after, cfg.training.max_steps)
 
