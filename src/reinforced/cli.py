@@ -215,6 +215,16 @@ def cmd_data(ns: argparse.Namespace) -> None:
         console.print(f"wrote {out}", soft_wrap=True)
 
 
+def cmd_export(ns: argparse.Namespace) -> None:
+    from reinforced.training.checkpoint import CheckpointError, export_run
+
+    try:
+        out = export_run(Path(ns.run_dir), Path(ns.out) if ns.out else None)
+    except CheckpointError as err:
+        raise ValueError(str(err)) from err
+    console.print(f"exported {out} (loads with transformers' from_pretrained)", soft_wrap=True, highlight=False)
+
+
 def cmd_report(ns: argparse.Namespace) -> None:
     from reinforced.tracking.report import plot_run
 
@@ -261,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write plots of a run")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("export", help="copy a run's newest checkpoint model to a plain Hugging Face folder")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="target folder (default: RUN_DIR/export)")
+    p.set_defaults(fn=cmd_export)
     return parser
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 from transformers.utils import is_torchvision_available
 
+from reinforced.cli import main
 from reinforced.data.tasks import TASKS
 from reinforced.data.templates import to_messages
 from reinforced.models import Adapter, load_folder
@@ -141,3 +142,7 @@ def test_export_refuses_a_foreign_folder_and_needs_a_checkpoint(tmp_path: Path) 
     assert (foreign / "todo.txt").read_text() == "mine"
     out = export_run(tmp_path / "run", tmp_path / "elsewhere")
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    # The CLI: `reinforced export RUN [--out DIR]`; a refused target is a clean error (exit 2).
+    assert main(["export", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "export" / "config.json").is_file()
+    assert main(["export", str(tmp_path / "run"), "--out", str(foreign)]) == 2
