@@ -1,6 +1,9 @@
-"""Command line: ``reinforced train | eval | explain | list | models | data | report``.
+"""Command line: ``reinforced train | eval | explain | list | models | data | report | init``.
 
-    reinforced train                                  # the default recipe (see README)
+    reinforced train tiny_vlm_count_grpo              # a packaged recipe by name (the quickstart)
+    reinforced train                                  # config.py's defaults, the same as load_config(None)
+    reinforced train configs/x.yaml --overwrite       # delete the run directory first (asks; --yes without a tty)
+    reinforced init my_run.yaml                       # a commented starter config
     reinforced train configs/x.yaml algorithm.kl.coef=0.04 training.max_steps=50
     reinforced train configs/x.yaml --resume          # continue from the latest checkpoint
     reinforced eval runs/x                            # the run's latest checkpoint on its eval sets
@@ -18,34 +21,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from reinforced.config import Config, ConfigError, load_config
+from reinforced.config import Config, ConfigError, load_config, packaged_configs, resolve_config_path
 
-DEFAULT_CONFIG = "tiny_vlm_count_grpo.yaml"
 console = Console(markup=False)
 
 
-def default_config_path() -> Path:
-    return Path(str(resources.files("reinforced") / "configs" / DEFAULT_CONFIG))
-
-
-def resolve_config_arg(path: str | None) -> Path:
-    """A config path, a bare recipe name from the packaged configs/, or the default recipe."""
-    if path is None:
-        return default_config_path()
+def resolve_config_arg(path: str) -> Path:
+    """A config path or run directory that exists, else a packaged recipe by name (``reinforced list configs``)."""
     p = Path(path)
-    if p.exists():
-        return p
-    packaged = Path(str(resources.files("reinforced") / "configs" / (p.name if p.suffix else p.name + ".yaml")))
-    if packaged.exists():
-        return packaged
-    raise ConfigError(f"config file not found: {path} (packaged recipes: `reinforced list configs`)")
+    return p if p.exists() else resolve_config_path(path)
 
 
 def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -79,8 +70,9 @@ def split_eval_args(args: list[str], data: list[str] | None) -> tuple[list[str],
 
 
 def load_from_args(args: list[str]) -> Config:
+    """No config file: the defaults of config.py, the same as ``load_config(None, overrides)`` in Python."""
     path, overrides = split_config_args(args)
-    return load_config(resolve_config_arg(path), overrides)
+    return load_config(None if path is None else resolve_config_arg(path), overrides)
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
@@ -88,6 +80,10 @@ def cmd_train(ns: argparse.Namespace) -> None:
     from reinforced.training.loop import fit
 
     cfg = load_from_args(ns.args)
+    if ns.overwrite:
+        if ns.resume:
+            raise ConfigError("--overwrite deletes the run that --resume would continue; pass one of them")
+        clear_run_dir(Path(cfg.run.output_dir) / cfg.run.name, assume_yes=ns.yes)
     console.print(f"reinforced run {cfg.run.name}: model {cfg.model.name_or_path}, "
                   f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps", style="bold")
     spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
@@ -95,6 +91,29 @@ def cmd_train(ns: argparse.Namespace) -> None:
     result = fit(cfg, resume=ns.resume, show_progress=not ns.no_progress)
     print_before_after(result.before, result.after)
     console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, samples/, checkpoints/)", soft_wrap=True)
+
+
+def clear_run_dir(run_dir: Path, assume_yes: bool) -> None:
+    """Delete ``run_dir`` after listing what it holds: asks y/N on a terminal, needs ``--yes`` without one."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    entries = sorted(run_dir.iterdir())
+    console.print(f"--overwrite deletes {run_dir} ({_size(run_dir) / 2**20:.1f} MiB):", soft_wrap=True)
+    for entry in entries:
+        console.print(f"  {entry.name}{'/' if entry.is_dir() else ''}", highlight=False, soft_wrap=True)
+    if not assume_yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"--overwrite without a terminal to confirm on: add --yes to delete {run_dir}")
+        if input("delete it? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise ConfigError(f"not deleted: {run_dir}; choose another run.name or --resume")
+    from reinforced.training.setup import lock_run_dir
+
+    lock_run_dir(run_dir).close()  # never delete a directory another process is training in
+    shutil.rmtree(run_dir)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def print_before_after(before: dict[str, float], after: dict[str, float]) -> None:
@@ -125,7 +144,7 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     target = eval_target(resolve_config_arg(path) if path is not None else None)
     if target.weights is not None:  # the run's checkpoint first: an explicit model.name_or_path still wins
         overrides = [f"model.name_or_path={target.weights}", *overrides]
-    cfg = with_eval_data(load_config(target.config or default_config_path(), overrides), data)
+    cfg = with_eval_data(load_config(target.config, overrides), data)
     where = f" (run {target.run_dir}, step {target.step})" if target.run_dir is not None else ""
     console.print(f"evaluating weights: {cfg.model.name_or_path}{where}", highlight=False, soft_wrap=True)
     metrics = evaluate_config(cfg)
@@ -184,7 +203,7 @@ def cmd_list(ns: argparse.Namespace) -> None:
         rows = [(n, "pull once: `reinforced models pull " + n + "`" if n in PULLABLE else "built in")
                 for n in BUILTIN_MODELS.names()]
     else:  # configs
-        root = Path(str(resources.files("reinforced") / "configs"))
+        root = packaged_configs()
         rows = [(p.name, (p.read_text().splitlines() or [""])[0].lstrip("# ")) for p in sorted(root.glob("*.yaml"))]
     table = Table(title=ns.what)
     table.add_column("name")
@@ -232,12 +251,28 @@ def cmd_report(ns: argparse.Namespace) -> None:
         console.print(str(path), soft_wrap=True)
 
 
+def cmd_init(ns: argparse.Namespace) -> None:
+    from importlib import resources
+
+    path = Path(ns.path)
+    if path.exists() and not ns.force:
+        raise FileExistsError(f"{path} exists; pass --force to replace it")
+    path.write_text((resources.files("reinforced") / "assets" / "starter.yaml").read_text())
+    load_config(path)  # the starter must load: a broken template is a bug here, not the user's
+    console.print(f"wrote {path}: edit it, then `reinforced train {path}`", soft_wrap=True, highlight=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from reinforced import __version__
+
     parser = argparse.ArgumentParser(prog="reinforced", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"reinforced {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train with RL")
-    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
+    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...] (no CONFIG: config.py's defaults)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete the run directory first (lists it, asks)")
+    p.add_argument("--yes", action="store_true", help="with --overwrite: do not ask (needed without a terminal)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("eval", help="evaluate a model, or a run's latest checkpoint, on held-out sets")
@@ -268,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--high", type=float, default=1.0, help="keep pass rate < high")
     p.add_argument("--keep-extremes", action="store_true", help="also keep pass rates of exactly 0 and 1")
     p.set_defaults(fn=cmd_data)
+    p = sub.add_parser("init", help="write a commented starter config")
+    p.add_argument("path", nargs="?", default="reinforced.yaml")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(fn=cmd_init)
     p = sub.add_parser("report", help="write plots of a run")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)

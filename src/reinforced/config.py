@@ -392,15 +392,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     >>> load_config(None, ["training.max_steps=3"]).training.max_steps
     3
     """
-    tree: dict[str, Any] = {}
-    base_dirs: list[Path] = []
-    if path is not None:
-        path = resolve_config_path(path)
-        loaded = _read_yaml(path)
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded
-        base_dirs = [path.parent]
+    tree = read_config_tree(path)
+    base_dirs = [] if path is None else [resolve_config_path(path).parent]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. training.lr=1e-6)")
@@ -408,6 +401,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         apply_override(tree, key.strip(), parse_value(text))
     resolve_reward_files(tree, base_dirs)
     return build_config(tree)
+
+
+def read_config_tree(path: str | Path | None) -> dict[str, Any]:
+    """The raw mapping of a config file or packaged recipe (``{}`` for None: the defaults), not validated."""
+    if path is None:
+        return {}
+    path = resolve_config_path(path)
+    loaded = _read_yaml(path)
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded
 
 
 def resolve_reward_files(tree: dict[str, Any], base_dirs: Sequence[Path]) -> None:
