@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/reinforced train
+	$(VENV)/bin/reinforced train tiny_vlm_count_grpo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15

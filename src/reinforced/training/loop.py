@@ -81,6 +81,28 @@ class FitResult:
 
 
 def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitResult:
+    """Train ``cfg``'s model with RL as ``cfg`` says; the engine under ``reinforced train`` and ``Trainer``.
+
+    Args:
+        cfg: the whole run (``load_config(path_or_recipe, ["key=value", ...])`` or ``Trainer(...).config``).
+        resume: continue from the newest readable checkpoint in ``<run.output_dir>/<run.name>/``; without
+            it, a run directory that already holds a checkpoint is an error (``FileExistsError``).
+        show_progress: a live bar on a terminal, else one plain line every ``training.progress_every`` steps.
+
+    Returns:
+        ``FitResult``: ``run_dir``; ``before`` / ``after``, the held-out metrics before and after RL
+        (``eval/<set>/accuracy``, ...; empty without ``eval.sets``); ``steps``, the RL steps run.
+
+    Raises:
+        ConfigError / ValueError: a bad set-up, before any model loads (a row without gold, a prompt over
+            ``rollout.max_prompt_tokens``, an unknown reward set, ...).
+        RunLocked: another process is training in the same run directory.
+        RewardFailure: more than ``rewards.max_error_frac`` of a batch's rewards failed (after a checkpoint).
+        Interrupted: SIGINT / SIGTERM (after checkpointing the last finished step).
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``samples/``, ``checkpoints/`` and ``plots/`` under the run
+    directory.
+    """
     run = setup(cfg, resume)
     try:
         with stop_requests() as stop:
