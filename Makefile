@@ -6,14 +6,14 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install lint bench clean
+.PHONY: quickstart test install lint bench browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# The CPU build of PyTorch first, pinned, so no resolver step can pull a CUDA build.
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[dev]" $(TORCH)
+	$(PIP) install --quiet -e ".[dev,wandb,mlflow]" $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[bench]" $(TORCH)
 	$(PY) bench/compare_trl.py --bf16
+
+# Headless Chromium (Debian's package) for the HTML report's browser test; CI runs as root.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -145,12 +145,17 @@ class WandbTracker:
 
 
 def mlflow_key(name: str) -> str:
-    """A metric or param name MLflow accepts (alphanumerics, ``_-. /:``).
+    """A metric or param name MLflow accepts (alphanumerics, ``_-. /:``) and can store in any backend.
+
+    A local file store keeps a metric in a file named by its path, so ``sampler/drawn`` and
+    ``sampler/drawn/arithmetic`` cannot both exist: the first ``/`` (the section MLflow's UI groups by) is
+    kept and the deeper ones become ``.``.
 
     >>> mlflow_key("eval/math500/pass@8")
-    'eval/math500/pass_at_8'
+    'eval/math500.pass_at_8'
     """
-    return re.sub(r"[^\w\-. /:]", "_", name.replace("@", "_at_"))
+    section, sep, rest = re.sub(r"[^\w\-. /:]", "_", name.replace("@", "_at_")).partition("/")
+    return section + sep + rest.replace("/", ".")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
