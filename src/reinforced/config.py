@@ -58,11 +58,12 @@ class DataSource(Section):
     name: str | None = None
     """Name used in metrics (``eval/<name>/accuracy``); default: the task name or the file's set name."""
     path: str | None = None
-    """A JSONL file (the row layout of the shared data folder) or a folder holding ``<split>.jsonl``."""
+    """A data file (JSONL, CSV, parquet, arrow), a folder holding the split (``<split>.jsonl``, a ``datasets``
+    ``save_to_disk`` folder, hub-style ``data/<split>-00000-of-0000N.parquet``), or a built-in set name."""
     task: str | None = None
     """A procedural task name instead of a file (``reinforced list tasks``)."""
     split: str = "train"
-    """For folders: which ``<split>.jsonl`` to read."""
+    """For folders: which split to read (``<split>.*`` files, a ``DatasetDict`` split, parquet shards)."""
     weight: float = Field(1.0, gt=0)
     """Mixture weight when several sources are given."""
     limit: int | None = Field(None, ge=1)

@@ -9,6 +9,13 @@ Layouts (detected per row from its keys, or forced with the loader option ``form
 - ``messages``: OpenAI-style chat rows: ``messages`` (system / user turns, content strings or content items
   ``{"type": "text"}``, ``{"type": "image", "image": path}``, ``{"type": "image_url", "image_url": {"url": ..}}``)
   and the gold answer in ``answer`` or, failing that, in a final assistant turn (which is then dropped).
+  A bare ``{"type": "image"}`` item takes the next image of the row's ``images`` / ``image`` column (TRL).
+- ``prompt``: TRL rows (https://huggingface.co/docs/trl/dataset_formats): ``prompt`` as a string (read like
+  ``question``) or as a conversation (read like ``messages``), images in ``images`` / ``image``.
+
+The gold answer is the first present of ``answer``, ``solution``, ``ground_truth`` and verl's
+``reward_model.ground_truth``. Images may be paths, PIL images, raw bytes or ``datasets`` Image dicts
+(``{"bytes", "path"}``).
 
 A column mapping (``columns: {question: "prompt", answer: "solution"}``) renames source keys to ours
 before parsing. Image paths stay paths (loaded lazily by ``models.processing``) and resolve relative to
@@ -28,7 +35,8 @@ from reinforced.types import ImageLike, Prompt
 
 IMAGE_PLACEHOLDER = "<image>"
 CHOICE_LETTERS = "ABCDEFGHIJ"
-LAYOUTS = ("shared", "easyr1", "messages")
+LAYOUTS = ("shared", "easyr1", "messages", "prompt")
+GOLD_COLUMNS = ("answer", "solution", "ground_truth")
 
 
 class RowError(ValueError):
@@ -49,8 +57,11 @@ def detect_layout(row: Mapping[str, Any]) -> str:
         return "easyr1"
     if "question" in row:
         return "shared"
+    if "prompt" in row:
+        return "prompt"
     raise RowError(f"cannot tell the row layout from its keys {sorted(row)}; expected 'question' (shared), "
-                   "'problem' (easyr1) or 'messages' (OpenAI chat); map columns with params.columns")
+                   "'problem' (easyr1), 'messages' (OpenAI chat) or 'prompt' (TRL); map columns with "
+                   "params.columns")
 
 
 def rename_columns(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
@@ -74,6 +85,8 @@ def resolve_image(ref: Any, base_dir: Path | None) -> ImageLike:
     if not isinstance(ref, str):
         if hasattr(ref, "size") and hasattr(ref, "mode"):  # already a PIL image
             return ref
+        if isinstance(ref, (bytes, bytearray)):  # an encoded image file held in a column
+            return _open_bytes(bytes(ref))
         if isinstance(ref, Mapping) and ("path" in ref or "bytes" in ref):  # HF datasets Image feature
             if ref.get("bytes"):
                 return _open_bytes(ref["bytes"])
@@ -110,6 +123,19 @@ def _open_bytes(data: bytes) -> ImageLike:
 
     _check_decodes(lambda: io.BytesIO(data), f"({len(data)} embedded bytes)")
     return Image.open(io.BytesIO(data))
+
+
+def gold_value(row: Mapping[str, Any]) -> Any:
+    """The row's gold answer: the first present of ``GOLD_COLUMNS``, then verl's ``reward_model.ground_truth``.
+
+    >>> gold_value({"problem": "1+1?", "solution": "2"}), gold_value({"reward_model": {"ground_truth": "7"}})
+    ('2', '7')
+    """
+    for key in GOLD_COLUMNS:
+        if row.get(key) is not None:
+            return row[key]
+    nested = row.get("reward_model")
+    return nested.get("ground_truth") if isinstance(nested, Mapping) else None
 
 
 def _answer_text(value: Any) -> str | None:
@@ -157,7 +183,7 @@ def _base_prompt(row: Mapping[str, Any], text: str, images: tuple[ImageLike, ...
                  task: str) -> Prompt:
     if not isinstance(text, str) or not text.strip():
         raise RowError("the question text is missing or empty")
-    answer = _answer_text(row.get("answer"))
+    answer = _answer_text(gold_value(row))
     choices = _choices(row)
     _check_choice_answer(answer, choices)
     answer_type = row.get("answer_type") or ("choice" if choices else "text")
@@ -187,8 +213,10 @@ def parse_easyr1(row: Mapping[str, Any], base_dir: Path | None, row_id: str, tas
     return _base_prompt(row, text, images, row_id, task)
 
 
-def _content_items(content: Any, base_dir: Path | None, images: list[ImageLike]) -> str:
-    """Flatten one message's content to text with ``<image>`` placeholders, collecting its images."""
+def _content_items(content: Any, base_dir: Path | None, images: list[ImageLike], row_images: list[Any] | None = None
+                   ) -> str:
+    """Flatten one message's content to text with ``<image>`` placeholders, collecting its images; a bare
+    ``{"type": "image"}`` item takes the next of ``row_images`` (the row's image column)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -203,8 +231,10 @@ def _content_items(content: Any, base_dir: Path | None, images: list[ImageLike])
             if kind == "image_url":
                 url = item.get("image_url")
                 ref = url.get("url") if isinstance(url, Mapping) else url
+            if ref is None and row_images:
+                ref = row_images.pop(0)
             if ref is None:
-                raise RowError(f"image item without a path: {item!r:.80}")
+                raise RowError(f"image item without a path (and no image left in the row's images): {item!r:.80}")
             images.append(resolve_image(ref, base_dir))
             parts.append(IMAGE_PLACEHOLDER)
         else:
@@ -217,16 +247,20 @@ def parse_messages(row: Mapping[str, Any], base_dir: Path | None, row_id: str, t
     raw = row.get("messages")
     if not isinstance(raw, list) or not raw:
         raise RowError("'messages' must be a non-empty list of {role, content} turns")
-    answer = row.get("answer")
+    answer = gold_value(row)
     turns = list(raw)
     if answer is None and isinstance(turns[-1], Mapping) and turns[-1].get("role") == "assistant":
         answer = turns.pop()["content"]
     images: list[ImageLike] = []
+    row_images = _row_image_refs(row)
     messages = []
     for turn in turns:
         if not isinstance(turn, Mapping) or turn.get("role") not in ("system", "user", "assistant"):
             raise RowError(f"each turn needs a role of system, user or assistant, got {turn!r:.80}")
-        messages.append({"role": turn["role"], "content": _content_items(turn.get("content"), base_dir, images)})
+        content = _content_items(turn.get("content"), base_dir, images, row_images)
+        messages.append({"role": turn["role"], "content": content})
+    if row_images:
+        raise RowError(f"the row has {len(row_images)} image(s) more than the conversation's image items")
     users = [m for m in messages if m["role"] == "user"]
     if not users:
         raise RowError("the conversation has no user turn")
@@ -235,7 +269,24 @@ def parse_messages(row: Mapping[str, Any], base_dir: Path | None, row_id: str, t
     return replace(prompt, messages=tuple(messages))
 
 
-PARSERS = {"shared": parse_shared, "easyr1": parse_easyr1, "messages": parse_messages}
+def _row_image_refs(row: Mapping[str, Any]) -> list[Any]:
+    refs = row.get("images")
+    if refs is None:
+        refs = [row["image"]] if row.get("image") is not None else []
+    return list(refs) if isinstance(refs, (list, tuple)) else [refs]
+
+
+def parse_prompt(row: Mapping[str, Any], base_dir: Path | None, row_id: str, task: str) -> Prompt:
+    """A TRL row: ``prompt`` as a string (like ``question``) or a conversation (like ``messages``)."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        return parse_messages({**row, "messages": prompt}, base_dir, row_id, task)
+    if not isinstance(prompt, str):
+        raise RowError(f"'prompt' must be a string or a list of chat turns, got {type(prompt).__name__}")
+    return parse_shared({**row, "question": prompt}, base_dir, row_id, task)
+
+
+PARSERS = {"shared": parse_shared, "easyr1": parse_easyr1, "messages": parse_messages, "prompt": parse_prompt}
 
 
 def parse_row(row: Any, base_dir: Path | None, row_id: str, task: str, layout: str | None = None,

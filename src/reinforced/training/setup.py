@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from reinforced.data import build_sampler
 from reinforced.data.checks import check_gold, check_prompt_lengths
 from reinforced.data.sources import build_eval_sources
 from reinforced.data.tasks import TASKS
-from reinforced.models import Adapter, LoadedModel, load_policy, load_reference
+from reinforced.models import Adapter, LoadedModel, load_policy, load_reference, lora
 from reinforced.rewards import RewardComposer
 from reinforced.rollout import build_engine
 from reinforced.training import checkpoint as ckpt
@@ -55,6 +57,20 @@ class Run:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the algorithm's KL term has a reference model (its own copy, or LoRA's disabled adapter)."""
+        return self.spec.needs_reference and (self.reference is not None or self.policy.peft is not None)
+
+    @contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """The frozen reference for the block: its own copy, or under LoRA the policy with the adapter off."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with lora.disabled_adapter(self.policy) as base:
+                yield base
 
     def logprobs(self, model: torch.nn.Module, batch: TrainBatch, with_entropy: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -168,7 +184,8 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
     device = resolve_device(cfg.run.device)
     policy = load_policy(cfg.model)
     policy.model.to(device)
-    reference = load_reference(policy) if spec.needs_reference else None
+    # LoRA: the reference is the policy with its adapter disabled (Run.reference_model), not a second copy
+    reference = load_reference(policy) if spec.needs_reference and policy.peft is None else None
     if reference is not None and cfg.training.autocast == "bf16":
         for p in reference.parameters():  # frozen: bf16 weights once instead of a cast at every forward
             p.data = p.data.to(torch.bfloat16)
@@ -236,7 +253,8 @@ def trainer_state(run: Run) -> dict[str, Any]:
 
 def save(run: Run, step: int, state: dict[str, Any] | None = None) -> Path:
     """Checkpoint ``step``; ``state`` overrides parts of the trainer state (a snapshot from before a failed step)."""
-    return ckpt.save_checkpoint(run.run_dir, step, run.policy.model, run.policy.processor or run.policy.tokenizer,
+    processing = run.policy.processor or run.policy.tokenizer
+    return ckpt.save_checkpoint(run.run_dir, step, lora.saveable(run.policy), processing,
                                 {**trainer_state(run), **(state or {})},
                                 critic=run.updater.critic or run.updater.value_head,
                                 keep=run.cfg.training.keep_checkpoints)
@@ -257,7 +275,10 @@ def restore(run: Run) -> None:
         warnings.warn(f"--resume: {run.run_dir} has no checkpoint yet; starting from step 0", stacklevel=2)
         return
     state = loaded.state
-    ckpt.load_weights(run.policy.model, loaded.weights, loaded.path)
+    if run.policy.peft is not None:  # LoRA: model/ holds the adapter only
+        lora.load_adapter_weights(run.policy, loaded.weights, loaded.path)
+    else:
+        ckpt.load_weights(run.policy.model, loaded.weights, loaded.path)
     u = run.updater
     u.optimizer.load_state_dict(state["optimizer"])
     u.scheduler.load_state_dict(state["scheduler"])
