@@ -214,6 +214,10 @@ class TrainingConfig(Section):
     fused_logprobs: bool = True
     """Apply the LM head in token chunks fused with the logprob/entropy (no [tokens, vocab] logits of the
     micro-batch; same numbers); false: the model's full logits (also used where the head is not fusable)."""
+    strategy: Literal["single", "ddp", "fsdp2"] = "single"
+    """Data parallelism under ``torchrun``: ``single`` (one process), ``ddp`` (replicated weights, gradients
+    summed once per optimiser step) or ``fsdp2`` (``fully_shard`` per decoder layer + root).
+    ``num_prompts`` is the global batch: each of W ranks rolls out num_prompts / W of it."""
     checkpoint_every: int = Field(0, ge=0)
     """Write a checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = Field(2, ge=1)

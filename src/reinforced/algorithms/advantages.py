@@ -28,11 +28,17 @@ with ``lambda_actor`` and ``lambda_critic``.
 
 ``process_advantages`` is DeepSeekMath's process supervision: step scores are z-scored over all steps of
 the group, and a token's advantage is the sum of the normalised scores of the steps ending at or after it.
+
+Data-parallel training splits a batch over ranks by whole groups: group statistics stay local, and the
+batch-level sums (whitening, GPG's counts) go through ``batch_sums``, which the trainer sets to an
+all-reduce over ranks for the duration of one step (``training/distributed.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Literal, Protocol
 
 import torch
@@ -46,6 +52,25 @@ class AdvantageEstimator(Protocol):
 
 
 ADVANTAGES: Registry[AdvantageEstimator] = Registry("advantage estimator")
+
+_SUM_OVER_SHARDS: list[Callable[[Tensor], Tensor]] = []
+
+
+@contextlib.contextmanager
+def batch_sums(reduce: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, batch-level sums are ``reduce(local sums)`` (an all-reduce over data-parallel
+    ranks, each holding whole groups of the batch), so whitening and batch counts are global."""
+    _SUM_OVER_SHARDS.append(reduce)
+    try:
+        yield
+    finally:
+        _SUM_OVER_SHARDS.pop()
+
+
+def _batch_sum(values: Tensor) -> Tensor:
+    """Sum of ``values`` over the whole batch: this shard's, reduced over shards inside ``batch_sums``."""
+    total = values.sum()
+    return _SUM_OVER_SHARDS[-1](total) if _SUM_OVER_SHARDS else total
 
 
 def _group_stats(rewards: Tensor, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -112,9 +137,9 @@ def masked_whiten(values: Tensor, weights: Tensor, ddof: int = 1, eps: float = 1
     """
     w = weights.to(values.dtype)
     v = torch.where(w > 0, values, torch.zeros_like(values))
-    total = w.sum()
-    mean = (v * w).sum() / total.clamp(min=1e-12)
-    var = (w * (v - mean).square()).sum() / (total - ddof).clamp(min=1e-12)
+    total = _batch_sum(w)
+    mean = _batch_sum(v * w) / total.clamp(min=1e-12)
+    var = _batch_sum(w * (v - mean).square()) / (total - ddof).clamp(min=1e-12)
     out = (v - mean) * torch.rsqrt(var + eps)
     return torch.where(w > 0, out, torch.zeros_like(out))
 
@@ -186,10 +211,10 @@ def gpg(rewards: Tensor, alpha: Literal["groups", "responses"] = "groups", std: 
     if std:
         centred = torch.where(sd > 0, centred / sd.clamp(min=1e-12), torch.zeros_like(centred))
     if alpha == "groups":
-        num, valid = rewards.shape[0], int((sd.squeeze(1) > 0).sum())
+        num, valid = int(_batch_sum(torch.ones(rewards.shape[0]))), int(_batch_sum((sd.squeeze(1) > 0).float()))
     elif alpha == "responses":
         finite = torch.isfinite(rewards)
-        num, valid = int(finite.sum()), int((finite & (rewards != 0)).sum())
+        num, valid = int(_batch_sum(finite.float())), int(_batch_sum((finite & (rewards != 0)).float()))
     else:
         raise ValueError(f"gpg alpha {alpha!r} is not one of 'groups', 'responses'")
     return centred * (num / valid if valid > 0 else 1.0)

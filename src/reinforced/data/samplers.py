@@ -22,7 +22,7 @@ step the next draw belongs to (step + 1), so rounds of dynamic sampling within a
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from reinforced.data.sources import Source, pool_index
@@ -290,3 +290,66 @@ class PrioritizedSampler(BaseSampler):
 def build_sampler_from_sources(name: str, sources: Sequence[Source], seed: int,
                                params: Mapping[str, Any] | None = None) -> BaseSampler:
     return SAMPLERS[name](sources, seed, params)
+
+
+class ShardedSampler:
+    """This rank's share of a sampler in data-parallel training (``training/distributed.py``).
+
+    Every rank holds the same full sampler. Each round the ranks' request sizes are gathered; the full
+    sampler draws their sum once, in rank order, and each rank takes its own slice. ``observe`` gathers every
+    rank's pass rates before updating, so the full sampler's state is the same on every rank and equals what
+    one process drawing the global list would hold: a checkpoint of it resumes exactly on any world size.
+    ``gather(obj)`` returns every rank's ``obj`` in rank order (the identity list ``[obj]`` on one process);
+    every rank must call ``next`` / ``observe`` / ``join_round`` the same number of times in the same order.
+
+    >>> from reinforced.data.sources import Source
+    >>> from reinforced.types import Prompt
+    >>> pool = [Prompt(prompt_id=f"p{i}", question="q") for i in range(8)]
+    >>> one = ShardedSampler(UniformSampler([Source("s", 1.0, pool=pool)], seed=0), lambda x: [x], rank=0)
+    >>> [p.prompt_id for p in one.next(3)]
+    ['p7', 'p5', 'p1']
+    """
+
+    def __init__(self, sampler: BaseSampler, gather: Callable[[Any], list[Any]], rank: int) -> None:
+        self.sampler, self.gather, self.rank = sampler, gather, rank
+
+    def __getattr__(self, name: str) -> Any:  # sources, name, ... of the full sampler
+        return getattr(self.sampler, name)
+
+    def next(self, n: int) -> list[Prompt]:
+        """This rank's ``n`` prompts of a round (``n`` may differ between ranks)."""
+        if n < 1:
+            raise ValueError(f"ShardedSampler.next needs n >= 1, got {n}; a rank whose share is full takes "
+                             f"part in the others' rounds with join_round()")
+        return self._round(n)
+
+    def join_round(self) -> bool:
+        """Take part in the other ranks' round with no prompts of our own. False (nothing drawn) when no
+        rank asked for prompts: every rank is done. After True, call ``observe([], [], step)`` as they do."""
+        return bool(self._round(0, joining=True) is not None)
+
+    def _round(self, n: int, joining: bool = False) -> list[Prompt] | None:
+        sizes = self.gather(n)
+        total = sum(sizes)
+        if total == 0:
+            return None
+        drawn = self.sampler.next(total)
+        start = sum(sizes[: self.rank])
+        return drawn[start : start + n] if not joining else []
+
+    def observe(self, prompt_ids: Sequence[str], accuracies: Sequence[float], step: int) -> None:
+        """Every rank's pass rates, in rank order, go to the full sampler."""
+        parts = self.gather((list(prompt_ids), [float(a) for a in accuracies]))
+        self.sampler.observe([p for ids, _ in parts for p in ids], [a for _, accs in parts for a in accs], step)
+
+    def observe_eval(self, set_name: str, accuracy: float, step: int) -> None:
+        self.sampler.observe_eval(set_name, accuracy, step)
+
+    def stats(self) -> dict[str, float]:
+        return self.sampler.stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sampler.load_state_dict(state)

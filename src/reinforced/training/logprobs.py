@@ -141,6 +141,8 @@ def fusable_head(model: Any) -> torch.nn.Linear | None:
     trunk = getattr(model, "base_model", None)
     if type(head) is not torch.nn.Linear or trunk is None or trunk is model:
         return None
+    if hasattr(head.weight, "placements"):  # FSDP2-sharded: only the model's own forward gathers it
+        return None
     config = model.config.get_text_config()
     if any(getattr(config, key, None) not in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS):
         return None

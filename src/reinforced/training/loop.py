@@ -302,6 +302,12 @@ def forward_in_micro_batches(run: Run, model: torch.nn.Module, batch: TrainBatch
     return torch.cat(out) * batch.completion_mask
 
 
+def reference_logprobs(run: Run, batch: TrainBatch) -> torch.Tensor:
+    """Reference log-probs [N, T] (a frozen copy, or under LoRA the policy with its adapter disabled)."""
+    with run.reference_model() as reference:
+        return forward_in_micro_batches(run, reference, batch)
+
+
 def prepare(run: Run, groups: list[RolloutGroup]
             ) -> tuple[TrainBatch, dict[str, float], list[dict[str, Any]]]:
     """Batch the kept groups, compute advantages (and critic targets), then apply sample-level pruning.
@@ -315,8 +321,8 @@ def prepare(run: Run, groups: list[RolloutGroup]
     failed = ~torch.isfinite(rewards_matrix(groups)).reshape(-1)  # [N]
     batch = replace(batch, completion_mask=batch.completion_mask & ~failed[:, None])
     # KL in the reward is needed before advantages; KL in the loss only for the rows pruning keeps (CPPO).
-    early_ref = run.reference is not None and spec.kl.placement == "reward"
-    ref = forward_in_micro_batches(run, run.reference, batch) if early_ref else None
+    early_ref = run.has_reference and spec.kl.placement == "reward"
+    ref = reference_logprobs(run, batch) if early_ref else None
     values = None
     if run.updater.critic is not None:
         values = forward_in_micro_batches(run, run.updater.critic, batch, values=True)
@@ -333,8 +339,8 @@ def prepare(run: Run, groups: list[RolloutGroup]
                          spec.mask_truncated)
     if not bool(keep.all()):
         batch = batch.select(keep.nonzero().squeeze(-1))
-    if run.reference is not None and ref is None:
-        batch = replace(batch, ref_logprobs=forward_in_micro_batches(run, run.reference, batch))
+    if run.has_reference and ref is None:
+        batch = replace(batch, ref_logprobs=reference_logprobs(run, batch))
     return batch, {**adv.stats, **prune_stats, **gap_stats}, notes
 
 

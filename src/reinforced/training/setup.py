@@ -10,7 +10,7 @@ import random
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,14 @@ from reinforced.algorithms import AlgorithmSpec, resolve_spec
 from reinforced.config import Config, RewardTerm
 from reinforced.data import build_sampler
 from reinforced.data.checks import check_gold, check_prompt_lengths
+from reinforced.data.samplers import ShardedSampler
 from reinforced.data.sources import build_eval_sources
 from reinforced.data.tasks import TASKS
 from reinforced.models import Adapter, LoadedModel, load_policy, load_reference, lora
 from reinforced.rewards import RewardComposer
 from reinforced.rollout import build_engine
 from reinforced.training import checkpoint as ckpt
+from reinforced.training.distributed import Strategy, build_strategy
 from reinforced.training.logprobs import completion_forward, completion_logprobs
 from reinforced.training.step import Updater, build_optimizer
 from reinforced.training.value import ValueHead, ValueModel, completion_values
@@ -52,11 +54,17 @@ class Run:
     generator: torch.Generator = field(default_factory=torch.Generator)
     history: dict[str, Any] = field(default_factory=dict)  # eval before RL, kept across resume
     lock: Any = None  # the open run-directory lock file (closed by ``release``)
+    strategy: Strategy = field(default_factory=Strategy)  # data parallelism (training/distributed.py)
 
     def release(self) -> None:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+        self.strategy.close()
+
+    def refresh_rollout(self) -> None:
+        """After an update: bring the trained weights to the model the engine samples from (FSDP2's copy)."""
+        self.strategy.refresh_rollout_model(self.policy.model, self.adapter.model)
 
     @property
     def has_reference(self) -> bool:
@@ -162,34 +170,58 @@ def run_dir_for(cfg: Config, resume: bool) -> tuple[Path, Any]:
 def setup(cfg: Config, resume: bool = False) -> Run:
     """Build the run in its locked directory (the lock is released if building fails)."""
     spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
-    run_dir, lock = run_dir_for(cfg, resume)
+    strategy = build_strategy(cfg.training.strategy)
+    lock = None
     try:
-        return build_run(cfg, spec, run_dir, lock, resume)
+        run_dir, lock = shared_run_dir(cfg, resume, strategy)
+        return build_run(cfg, spec, run_dir, lock, resume, strategy)
     except BaseException:
-        lock.close()
+        if lock is not None:
+            lock.close()
+        strategy.close()
         raise
 
 
-def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume: bool) -> Run:
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    (run_dir / "algorithm.txt").write_text("".join(f"{k}: {v}\n" for k, v in spec.describe()))
+def shared_run_dir(cfg: Config, resume: bool, strategy: Strategy) -> tuple[Path, Any]:
+    """Rank 0 takes the run directory's lock (one lock per run, whatever the world size) and checks it; its
+    error, if any, is raised on every rank."""
+    lock, error = None, None
+    if strategy.is_main:
+        try:
+            _, lock = run_dir_for(cfg, resume)
+        except (RunLocked, FileExistsError) as err:
+            error = err
+    errors = strategy.gather(error)
+    if errors[0] is not None:
+        raise errors[0]
+    return Path(cfg.run.output_dir) / cfg.run.name, lock
+
+
+def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume: bool,
+              strategy: Strategy | None = None) -> Run:
+    strategy = strategy or Strategy()
+    if strategy.is_main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        (run_dir / "algorithm.txt").write_text("".join(f"{k}: {v}\n" for k, v in spec.describe()))
     seed_everything(cfg.run.seed)
     if cfg.run.num_threads is not None:
         torch.set_num_threads(cfg.run.num_threads)
 
     # Data first: a row without gold, a corrupt image or an unknown reward set stops the run before models load.
-    sampler = build_sampler(cfg.data, cfg.run.seed)
+    sampler = ShardedSampler(build_sampler(cfg.data, cfg.run.seed), strategy.gather, strategy.rank)
     eval_sources = build_eval_sources(cfg.eval, cfg.run.seed)
     check_gold([*sampler.sources, *eval_sources], cfg.rewards.terms, task_reward_sets(cfg))
     device = resolve_device(cfg.run.device)
     policy = load_policy(cfg.model)
     policy.model.to(device)
+    rollout_model = strategy.rollout_model(policy.model)  # FSDP2: a full copy, taken before sharding
     # LoRA: the reference is the policy with its adapter disabled (Run.reference_model), not a second copy
     reference = load_reference(policy) if spec.needs_reference and policy.peft is None else None
     if reference is not None and cfg.training.autocast == "bf16":
         for p in reference.parameters():  # frozen: bf16 weights once instead of a cast at every forward
             p.data = p.data.to(torch.bfloat16)
-    adapter = Adapter(policy, cfg.data.template)
+    adapter = Adapter(replace(policy, model=rollout_model), cfg.data.template)
+    strategy.prepare(policy.model)
     engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
                           max_prompt_tokens=cfg.rollout.max_prompt_tokens)
     rewards = RewardComposer(
@@ -208,13 +240,14 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
         if spec.critic.pretrain_steps:
             raise ValueError("critic.pretrain_steps > 0 with critic.shared_trunk=true would train the policy's "
                              "trunk before RL; value pretraining (VC-PPO) needs a separate critic")
-        value_head = ValueHead(policy.model.config.get_text_config().hidden_size, cfg.run.seed).to(device)
+        value_head = strategy.prepare_replicated(
+            ValueHead(policy.model.config.get_text_config().hidden_size, cfg.run.seed).to(device))
         params = [{"params": params}, {"params": list(value_head.parameters()), "lr": spec.critic.lr}]
     elif spec.critic is not None:
         if policy.is_vlm:
             raise ValueError("a separate critic is text-only for now; for vision-language models use "
                              "algorithm.critic.shared_trunk=true or a value-free preset such as grpo or dapo")
-        critic = ValueModel(policy.model, seed=cfg.run.seed).to(device)
+        critic = strategy.prepare_replicated(ValueModel(rollout_model, seed=cfg.run.seed).to(device))
         # The critic's own schedule over its own steps (VC-PPO pretraining steps included).
         critic_steps = (cfg.training.max_steps + spec.critic.pretrain_steps) * spec.num_epochs * spec.critic.num_mini_batches
         critic_opt, critic_sched = build_optimizer(list(critic.parameters()), cfg.training, lr=spec.critic.lr,
@@ -223,13 +256,13 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
     max_new_tokens = max((cfg.rollout.max_new_tokens, *(n for _, n in cfg.rollout.length_schedule)))
     run = Run(cfg=cfg, spec=spec, run_dir=run_dir, policy=policy, adapter=adapter, engine=engine,
               rewards=rewards, sampler=sampler, eval_sets=eval_sets, updater=None,  # type: ignore[arg-type]
-              reference=reference, lock=lock)
+              reference=reference, lock=lock, strategy=strategy)
     run.updater = Updater(spec=spec, cfg=cfg.training, model=policy.model, optimizer=optimizer,
                           scheduler=scheduler, max_completion_len=max_new_tokens,
                           logprob_fn=lambda m, b: run.logprobs(m, b, with_entropy=True),
                           critic=critic, critic_optimizer=critic_opt, critic_scheduler=critic_sched,
                           value_fn=completion_values,
-                          value_head=value_head, hidden_fn=run.forward_with_hidden)
+                          value_head=value_head, hidden_fn=run.forward_with_hidden, strategy=strategy)
     if value_head is not None:  # old values: the value head on the policy's own forward
         run.updater.value_fn = lambda m, b: value_head(run.forward_with_hidden(m, b)[2].float()) * b.completion_mask
     run.generator.manual_seed(cfg.run.seed)
@@ -241,7 +274,7 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
 def trainer_state(run: Run) -> dict[str, Any]:
     u = run.updater
     return {
-        "optimizer": u.optimizer.state_dict(),
+        "optimizer": run.strategy.optimizer_state(u.optimizer),  # full tensors (a collective under FSDP2)
         "scheduler": u.scheduler.state_dict(),
         "critic_optimizer": None if u.critic_optimizer is None else u.critic_optimizer.state_dict(),
         "critic_scheduler": None if u.critic_scheduler is None else u.critic_scheduler.state_dict(),
@@ -253,11 +286,23 @@ def trainer_state(run: Run) -> dict[str, Any]:
 
 def save(run: Run, step: int, state: dict[str, Any] | None = None) -> Path:
     """Checkpoint ``step``; ``state`` overrides parts of the trainer state (a snapshot from before a failed step)."""
+    # every rank gathers the state (collectives under FSDP2); rank 0 writes the single-process layout from
+    # the full model (adapter.model: the policy itself, or FSDP2's refreshed copy); its error is raised on all
+    full_state = {**trainer_state(run), **(state or {})}
+    path, error = ckpt.checkpoint_dir(run.run_dir, step), None
     processing = run.policy.processor or run.policy.tokenizer
-    return ckpt.save_checkpoint(run.run_dir, step, lora.saveable(run.policy), processing,
-                                {**trainer_state(run), **(state or {})},
-                                critic=run.updater.critic or run.updater.value_head,
-                                keep=run.cfg.training.keep_checkpoints)
+    if run.strategy.is_main:
+        try:
+            path = ckpt.save_checkpoint(run.run_dir, step, lora.saveable(run.adapter.loaded), processing,
+                                        full_state,
+                                        critic=run.updater.critic or run.updater.value_head,
+                                        keep=run.cfg.training.keep_checkpoints)
+        except ckpt.CheckpointError as err:
+            error = err
+    errors = run.strategy.gather(error)
+    if errors[0] is not None:
+        raise errors[0]
+    return path
 
 
 def restore(run: Run) -> None:
@@ -278,9 +323,10 @@ def restore(run: Run) -> None:
     if run.policy.peft is not None:  # LoRA: model/ holds the adapter only
         lora.load_adapter_weights(run.policy, loaded.weights, loaded.path)
     else:
-        ckpt.load_weights(run.policy.model, loaded.weights, loaded.path)
+        run.strategy.load_full_weights(run.policy.model, run.adapter.model,
+                                       lambda model: ckpt.load_weights(model, loaded.weights, loaded.path))
     u = run.updater
-    u.optimizer.load_state_dict(state["optimizer"])
+    run.strategy.load_optimizer_state(u.optimizer, state["optimizer"])
     u.scheduler.load_state_dict(state["scheduler"])
     if u.critic is not None:
         u.critic.load_state_dict(loaded.critic)

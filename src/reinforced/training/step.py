@@ -19,6 +19,7 @@ import torch
 
 from reinforced.algorithms import LossNormalizer, policy_loss, value_loss
 from reinforced.config import TrainingConfig
+from reinforced.training.distributed import Strategy
 from reinforced.types import TrainBatch
 
 # (model, batch) -> (logprobs [n, T], entropy [n, T] | None)
@@ -88,7 +89,8 @@ LOSS_SHARES = ("loss", "pg_loss", "value_loss", "value/value_loss")
 
 
 def finite_grads(params: list[torch.nn.Parameter]) -> bool:
-    grads = [p.grad for p in params if p.grad is not None]
+    """All gradients finite (this rank's shards of sharded ones: no collective)."""
+    grads = [getattr(p.grad, "_local_tensor", p.grad) for p in params if p.grad is not None]
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
@@ -122,6 +124,7 @@ class Updater:
     value_fn: ValueFn | None = None
     value_head: torch.nn.Module | None = None  # critic on the policy's trunk (in the policy's optimiser)
     hidden_fn: HiddenFn | None = None
+    strategy: Strategy = field(default_factory=Strategy)  # data parallelism (training/distributed.py)
     # Non-finite updates skipped: in a row (reset by an applied step), in total, and where each came from.
     consecutive_skips: int = 0
     skipped_steps: int = 0
@@ -148,13 +151,15 @@ class Updater:
         spec, means = self.spec, _Mean(summed=LOSS_SHARES)
         device = model_device(self.model)
         mini = mini.to(device)
-        normalizer = LossNormalizer.for_step(spec, mini.completion_mask, self.max_completion_len)
+        # one all-reduce of the counts per optimiser step: each rank's loss is its share of the global loss
+        normalizer = self.strategy.combine(LossNormalizer.for_step(spec, mini.completion_mask,
+                                                                   self.max_completion_len))
         self.optimizer.zero_grad(set_to_none=True)
         loss_total, bad = 0.0, None
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
-        for micro in mini.split(self.cfg.micro_batch_size):
+        for micro, weight in self.strategy.lockstep(mini.split(self.cfg.micro_batch_size)):
             values = None
             with autocast(self.cfg.autocast, device):
                 if self.value_head is None:
@@ -174,16 +179,22 @@ class Updater:
                 stats = {**stats, **{f"value/{k}": v for k, v in v_stats.items()}}
             if not torch.isfinite(loss):  # never backward a NaN: skip this step, say where it came from
                 bad = bad or nonfinite_source("loss", micro, stats, logprobs)
+                if not self.strategy.collective_forward:
+                    continue  # (sharded: the backward runs anyway to keep ranks in step; the step is skipped)
+            if weight == 0.0:  # a lockstep pad: the collectives run, nothing is added
+                (loss * 0.0).backward()
                 continue
             loss.backward()
             if bad is None and not finite_grads(params):  # checked per micro-batch to name the rows
                 bad = nonfinite_source("gradient", micro, stats, logprobs)
             loss_total += loss.item()
             means.add(stats, float(micro.completion_mask.sum()))
+        self.strategy.sync_grads(params)
         max_norm = self.cfg.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if bad is not None or not math.isfinite(float(grad_norm)):
-            return self.skip_step(bad or f"gradient norm {float(grad_norm)}")
+        grad_norm = self.strategy.clip_grad_norm(params, max_norm)
+        bad = bad or (None if math.isfinite(grad_norm) else f"gradient norm {grad_norm}")
+        if self.strategy.any(bad is not None):  # every rank skips together
+            return self.skip_step(bad or "non-finite gradient on another data-parallel rank")
         self.consecutive_skips = 0
         self.optimizer.step()
         self.scheduler.step()
@@ -209,7 +220,8 @@ class Updater:
         assert self.critic is not None and self.critic_optimizer is not None and self.value_fn is not None
         device = model_device(self.critic)
         mini = mini.to(device)
-        normalizer = LossNormalizer.for_step(self.spec, mini.completion_mask, self.max_completion_len)
+        normalizer = self.strategy.combine(LossNormalizer.for_step(self.spec, mini.completion_mask,
+                                                                   self.max_completion_len))
         self.critic_optimizer.zero_grad(set_to_none=True)
         means, total = _Mean(summed=LOSS_SHARES), 0.0
         for micro in mini.split(self.cfg.micro_batch_size):
@@ -222,7 +234,8 @@ class Updater:
             total += loss.item()
             means.add(stats, float(micro.completion_mask.sum()))
         params = [p for p in self.critic.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm or float("inf"))
+        self.strategy.sync_grads(params)
+        self.strategy.clip_grad_norm(params, self.cfg.max_grad_norm or float("inf"))
         self.critic_optimizer.step()
         if self.critic_scheduler is not None:
             self.critic_scheduler.step()
