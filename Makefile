@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# The CPU build of PyTorch first, pinned, so no resolver step can pull a CUDA build.
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[dev,wandb,mlflow]" $(TORCH)
+	$(PIP) install --quiet -e ".[dev,lora,wandb,mlflow]" $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)

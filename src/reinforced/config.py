@@ -43,6 +43,23 @@ class RunConfig(Section):
     when other jobs share the cores (oversubscribed OpenMP threads can slow small ops tenfold)."""
 
 
+class LoraConfig(Section):
+    """LoRA adapters through PEFT (Hu et al. 2021, arXiv 2106.09685): W + (alpha / r) B A on the named layers."""
+
+    r: int = Field(16, ge=1)
+    """Rank of the update B A."""
+    alpha: float = Field(32.0, gt=0)
+    """Scale numerator: the update is multiplied by ``alpha / r``."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input during training."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names (PEFT's suffix match) that get adapters; None: the attention and MLP projections of the
+    language model (the vision tower of a VLM stays frozen unless named here)."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """QLoRA (Dettmers et al. 2023, arXiv 2305.14314): load the frozen base in 4-bit NF4 or 8-bit through
+    bitsandbytes, which needs a CUDA GPU (an error on CPU)."""
+
+
 class ModelConfig(Section):
     name_or_path: str = "smollm2-135m-instruct"
     """A local Hugging Face folder, or a built-in name (``reinforced list models``)."""
@@ -52,6 +69,9 @@ class ModelConfig(Section):
     """Recompute activations in the backward pass to save memory."""
     freeze_vision_tower: bool = False
     """Keep the vision encoder of a VLM frozen (only the language model and projector train)."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of the full model (``{r, alpha, dropout, target_modules}``); the reference
+    model is then the base with the adapter disabled, and checkpoints hold the adapter."""
 
 
 class DataSource(Section):
@@ -304,6 +324,15 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 def _explain(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
+    @model_validator(mode="after")
+    def _quantized_base_needs_no_bf16_copy(self) -> Config:
+        lora = self.model.lora
+        if lora is not None and lora.quantization != "none" and self.training.autocast == "bf16":
+            raise ValueError(f"model.lora.quantization={lora.quantization} with training.autocast=bf16: the "
+                             "rollout's bf16 weight copy would dequantize the base; QLoRA already computes in "
+                             "bf16, so set training.autocast=none")
+        return self
+
         loc = [p for p in e["loc"] if not isinstance(p, int)]
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":

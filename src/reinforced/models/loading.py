@@ -45,6 +45,7 @@ class LoadedModel:
     processor: Any | None
     is_vlm: bool
     name: str
+    peft: Any | None = None  # the PeftModel wrapping ``model`` when LoRA adapters are in it (models.lora)
 
 
 BuiltinLoader = Callable[[ModelConfig], LoadedModel]
@@ -88,7 +89,8 @@ BUILTIN_MODELS.add("tiny-llama", _load_tiny("tiny-llama"))
 BUILTIN_MODELS.add("reinforced-tiny-vlm", _load_tiny_vlm)
 
 
-def load_folder(path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None) -> LoadedModel:
+def load_folder(path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None,
+                **load_kwargs: Any) -> LoadedModel:
     """Load a causal LM or a VLM saved with ``save_pretrained`` in ``path``.
 
     The kind is read from ``config.json`` (a ``vision_config`` makes it a VLM). A tokenizer without a
@@ -102,10 +104,10 @@ def load_folder(path: str | Path, dtype: torch.dtype = torch.float32, name: str 
         raise ModelNotFoundError(f"{path} holds no config.json: not a Hugging Face model folder")
     config = json.loads(config_file.read_text())
     if vision.is_vlm_config(config):
-        model, processor = vision.load_vlm(path, dtype=dtype)
+        model, processor = vision.load_vlm(path, dtype=dtype, **load_kwargs)
         tokenizer, template = processor.tokenizer, getattr(processor, "chat_template", None)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
         processor, template = None, tokenizer.chat_template
     if not template:
@@ -123,9 +125,14 @@ def load_policy(cfg: ModelConfig) -> LoadedModel:
 
     Raises ``ModelNotFoundError`` naming the path and how to get a model when nothing resolves.
     """
+    from reinforced.models import lora
+
     name = cfg.name_or_path
+    quantize = lora.check_quantization(cfg.lora, builtin=name in BUILTIN_MODELS)  # CPU: an error before loading
     if name in BUILTIN_MODELS:
         loaded = BUILTIN_MODELS[name](cfg)
+    elif lora.is_adapter_folder(Path(name).expanduser()):  # a LoRA run's checkpoint: its base + the adapter
+        return lora.load_adapted(Path(name).expanduser(), cfg)
     else:
         path = Path(name).expanduser()
         if not path.is_dir():
@@ -135,8 +142,11 @@ def load_policy(cfg: ModelConfig) -> LoadedModel:
                 f"{', '.join(BUILTIN_MODELS.names())}. Pass a local Hugging Face folder (config.json, "
                 "weights, tokenizer with a chat template) or run `reinforced models pull smollm2-135m-instruct`"
             )
-        loaded = load_folder(path, _DTYPES[cfg.dtype])
+        loaded = load_folder(path, _DTYPES[cfg.dtype], **quantize)
     _prepare_for_training(loaded, cfg)
+    if cfg.lora is not None:
+        lora.prepare_quantized(loaded, cfg.lora)
+        lora.apply_lora(loaded, cfg, name if name in BUILTIN_MODELS else str(Path(name).expanduser().resolve()))
     return loaded
 
 

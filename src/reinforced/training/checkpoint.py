@@ -213,7 +213,12 @@ def export_run(run_dir: Path, out: Path | None = None) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(latest / "model", tmp)
+        from reinforced.models import lora
+
+        if lora.is_adapter_folder(latest / "model"):  # a LoRA run: a fresh base with the adapter merged in
+            lora.export_merged(latest / "model", tmp)
+        else:
+            shutil.copytree(latest / "model", tmp)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not export {latest} to {out}: {err}") from err
