@@ -295,6 +295,15 @@ class Config(Section):
     training: TrainingConfig = TrainingConfig()
     """Optimisation and bookkeeping."""
 
+    @model_validator(mode="after")
+    def _quantized_base_needs_no_bf16_copy(self) -> Config:
+        lora = self.model.lora
+        if lora is not None and lora.quantization != "none" and self.training.autocast == "bf16":
+            raise ValueError(f"model.lora.quantization={lora.quantization} with training.autocast=bf16: the "
+                             "rollout's bf16 weight copy would dequantize the base; QLoRA already computes in "
+                             "bf16, so set training.autocast=none")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -324,15 +333,6 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 def _explain(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-    @model_validator(mode="after")
-    def _quantized_base_needs_no_bf16_copy(self) -> Config:
-        lora = self.model.lora
-        if lora is not None and lora.quantization != "none" and self.training.autocast == "bf16":
-            raise ValueError(f"model.lora.quantization={lora.quantization} with training.autocast=bf16: the "
-                             "rollout's bf16 weight copy would dequantize the base; QLoRA already computes in "
-                             "bf16, so set training.autocast=none")
-        return self
-
         loc = [p for p in e["loc"] if not isinstance(p, int)]
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
