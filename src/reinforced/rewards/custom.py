@@ -141,8 +141,9 @@ def adapt(fn: Any, name: str) -> Callable[..., Any]:
     positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params.values()):
         return SampleReward(fn, name)
-    raise RewardLoadError(f"reward {name!r} has the signature {name}{inspect.signature(fn)}; a reward is "
-                          f"one of: {'; '.join(SHAPES)}")
+    shown = f"{getattr(fn, '__name__', 'function')}{inspect.signature(fn)}"
+    raise RewardLoadError(f"reward {name!r}: the function has the signature {shown}; a reward is one of: "
+                          f"{'; '.join(SHAPES)}")
 
 
 def register_callable(fn: Callable[..., Any], name: str | None = None) -> str:
@@ -217,6 +218,8 @@ def _load_reference(name: str) -> Any:
             module = importlib.import_module(target)
         except ModuleNotFoundError as err:
             raise RewardLoadError(f"reward {name!r}: cannot import module {target!r} ({err})") from None
+    if "site-packages" not in (getattr(module, "__file__", None) or "") and not target.startswith("reinforced."):
+        cloudpickle.register_pickle_by_value(module)  # a user's module: the worker may not have it on sys.path
     if not hasattr(module, func):
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                  and getattr(v, "__module__", None) == module.__name__]
