@@ -245,9 +245,10 @@ def cmd_export(ns: argparse.Namespace) -> None:
 
 
 def cmd_report(ns: argparse.Namespace) -> None:
+    from reinforced.tracking.html_report import write_report
     from reinforced.tracking.report import plot_run
 
-    for path in plot_run(ns.run_dir):
+    for path in [write_report(ns.run_dir), *plot_run(ns.run_dir)]:
         console.print(str(path), soft_wrap=True)
 
 
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="reinforced.yaml")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(fn=cmd_init)
-    p = sub.add_parser("report", help="write plots of a run")
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, rollout browser) and plots/")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("export", help="copy a run's newest checkpoint model to a plain Hugging Face folder")

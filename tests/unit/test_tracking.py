@@ -84,3 +84,19 @@ def test_samples_are_valid_json_with_failed_rewards_and_their_error_texts(tmp_pa
     assert [r["reward"] for r in rows] == [None, 1.0]
     assert [r["accuracy"] for r in rows] == [None, 1.0]
     assert [r["reward_errors"] for r in rows] == [["math_answer: ValueError: boom"], []]
+
+
+def test_html_report_escapes_prompts_and_completions(tmp_path):
+    """A prompt that holds a script and tags stays text: the file has no live tag from the sample."""
+    from reinforced.tracking.html_report import write_report
+
+    w = MetricsWriter(tmp_path, report_to=())
+    w.log(1, {"reward/mean": 0.5, "accuracy/mean": 1.0})
+    comps = (Completion("<answer>3</answer></pre><b>x</b>", (1,), (0.0,), "stop"),)
+    group = RolloutGroup(Prompt("p0", "<script>alert(1)</script> & 2+1?", answer="<3>"), comps, rewards=(1.0,),
+                         accuracy=(1.0,), components={"math_answer": (1.0,)})
+    write_samples(tmp_path, 1, [group], limit=1, notes=[{"advantage": 0.0, "outcome": "trained"}])
+    html = write_report(tmp_path).read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; 2+1?" in html
+    assert "&lt;answer&gt;3&lt;/answer&gt;&lt;/pre&gt;&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+    assert "gold: &lt;3&gt;" in html and html.count("<script>") == 1  # only the report's own script
