@@ -22,7 +22,11 @@ quickstart: $(STAMP)
 	$(VENV)/bin/reinforced train tiny_vlm_count_grpo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -x --durations=15
+	$(PY) -m pytest -q -x --durations=15 --ignore=tests/distributed
+
+# Data-parallel training (ddp, fsdp2) in 2 gloo processes of 1 thread each (about 2 minutes).
+test-distributed: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -x --durations=5 tests/distributed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

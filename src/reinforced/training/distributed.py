@@ -106,6 +106,8 @@ class Strategy:
         return any(self.gather(bool(flag)))
 
     collective_forward = False
+    loss_scale = 1.0
+    """Factor on each rank's loss before backward (FSDP2's reduce-scatter averages: W undoes the mean)."""
     """True when a forward/backward is a collective: every rank runs the same number of them."""
 
     def clip_grad_norm(self, params: Sequence[torch.nn.Parameter], max_norm: float) -> float:
@@ -126,8 +128,9 @@ class Strategy:
         """A module every rank holds whole (critic, value head): same initial weights on every rank."""
         return module
 
-    def sync_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Sum the gradients of replicated ``params`` over ranks (after the micro-batches of a step)."""
+    def sync_grads(self, params: Sequence[torch.nn.Parameter], loss_scale: float = 1.0) -> None:
+        """Sum the gradients of replicated ``params`` over ranks (after the micro-batches of a step), divided
+        by the ``loss_scale`` their backward ran with."""
 
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The full model the rollout engine samples from (the training model itself when unsharded); called
@@ -202,14 +205,14 @@ class DataParallel(Strategy):
                     t.copy_(buf)
         return module
 
-    def sync_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+    def sync_grads(self, params: Sequence[torch.nn.Parameter], loss_scale: float = 1.0) -> None:
         grads = [p.grad for p in params if p.grad is not None and not _is_dtensor(p.grad)]
         for bucket in _buckets(grads):
             flat = torch.cat([g.reshape(-1).float() for g in bucket]).to(self.device)
             dist.all_reduce(flat)
             offset = 0
             for g in bucket:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g) / loss_scale)
                 offset += g.numel()
 
     def close(self) -> None:
@@ -258,10 +261,9 @@ class FullyShard(DataParallel):
         for layer in reversed(decoder_layers(model)):  # inner blocks before the blocks that hold them
             fully_shard(layer)
         fully_shard(model)
-        # each rank's loss is its share of the global loss: the gradient is the sum over ranks, not the mean
-        for module in model.modules():
-            if hasattr(module, "set_gradient_divide_factor"):
-                module.set_gradient_divide_factor(1.0)
+        # each rank's loss is its share of the global loss, so the gradient is the sum over ranks; the
+        # reduce-scatter averages (a divide factor of 1 needs PREMUL_SUM, which gloo lacks): loss_scale = W
+        self.loss_scale = float(self.world_size)
         return model
 
     def rollout_model(self, model: torch.nn.Module) -> torch.nn.Module:

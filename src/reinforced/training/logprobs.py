@@ -111,7 +111,10 @@ def completion_forward(
     targets = batch.input_ids[:, s:]  # [n, T]
     real = batch.attention_mask[:, s:].bool()  # [n, T]
     unique, inverse = torch.unique(batch.group_index, return_inverse=True)
-    share = share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model)
+    # FSDP2 (``reshard`` on the module): one forward per backward, or the second forward's gradients miss the
+    # reduce-scatter of the first; the full teacher-forced forward gives the same numbers
+    share = (share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model)
+             and not hasattr(model, "reshard"))
     head = fusable_head(model) if fused else None
     if head is not None:
         hidden = trunk_hidden(model, adapter, batch, inverse if share else None)  # [n, T, H]

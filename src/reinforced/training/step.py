@@ -184,12 +184,12 @@ class Updater:
             if weight == 0.0:  # a lockstep pad: the collectives run, nothing is added
                 (loss * 0.0).backward()
                 continue
-            loss.backward()
+            (loss * self.strategy.loss_scale).backward()
             if bad is None and not finite_grads(params):  # checked per micro-batch to name the rows
                 bad = nonfinite_source("gradient", micro, stats, logprobs)
             loss_total += loss.item()
             means.add(stats, float(micro.completion_mask.sum()))
-        self.strategy.sync_grads(params)
+        self.strategy.sync_grads(params, self.strategy.loss_scale)
         max_norm = self.cfg.max_grad_norm or float("inf")
         grad_norm = self.strategy.clip_grad_norm(params, max_norm)
         bad = bad or (None if math.isfinite(grad_norm) else f"gradient norm {grad_norm}")
