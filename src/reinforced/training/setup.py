@@ -274,7 +274,7 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
 def trainer_state(run: Run) -> dict[str, Any]:
     u = run.updater
     return {
-        "optimizer": run.strategy.optimizer_state(u.optimizer),  # full tensors (a collective under FSDP2)
+        "optimizer": u.strategy.optimizer_state(u.optimizer),  # full tensors (a collective under FSDP2)
         "scheduler": u.scheduler.state_dict(),
         "critic_optimizer": None if u.critic_optimizer is None else u.critic_optimizer.state_dict(),
         "critic_scheduler": None if u.critic_scheduler is None else u.critic_scheduler.state_dict(),
