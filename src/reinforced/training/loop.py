@@ -45,6 +45,7 @@ from reinforced.algorithms import (
     plateaued,
     prune_samples,
 )
+from reinforced.algorithms.advantages import batch_sums
 from reinforced.config import Config
 from reinforced.evaluation.metrics import eval_sampling, evaluate
 from reinforced.tracking.progress import Progress
@@ -115,13 +116,14 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
 def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
     cfg = run.cfg
     fresh = "before" not in run.history  # no checkpoint: the history starts afresh
+    main = run.strategy.is_main  # rank 0 logs, writes samples and plots; every rank trains and evaluates
     writer = MetricsWriter(run.run_dir, cfg.training.report_to, resume_step=-1 if fresh else run.start_step,
-                           config=cfg)
+                           config=cfg) if main else _Silent()
     if fresh:
         run.history["before"] = run_eval(run, step=0)
         writer.log(0, {**run.history["before"], **pretrain_critic(run)})
     step = run.start_step
-    with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress,
+    with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress and main,
                   every=cfg.training.progress_every) as progress:
         for step in range(run.start_step + 1, cfg.training.max_steps + 1):
             t0, before_step = time.perf_counter(), resumable_state(run)
@@ -134,28 +136,46 @@ def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
             batch, adv_stats, notes = prepare(run, kept)                       # advantages, prune
             t2 = time.perf_counter()
             train_stats = run.updater.update(batch, run.generator)             # policy (+ critic) update
+            run.refresh_rollout()
             report_skips(run, step, kept, train_stats)
             stats["perf/prepare_s"], stats["perf/update_s"] = t2 - t1, time.perf_counter() - t2
             stats = adv_stats | train_stats | stats  # rollout-wide reward stats win over the kept groups
             stats["perf/step_s"] = time.perf_counter() - t0
+            stats = run.strategy.mean_stats(stats, summed=GLOBAL_SUMS)  # over ranks: global means and sums
             stats["perf/tokens_per_s"] = stats["rollout/num_tokens"] / stats["perf/rollout_s"]
             if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
                 stats.update(run_eval(run, step))
             writer.log(step, stats)
-            write_samples(run.run_dir, step, kept, cfg.training.samples_per_step, notes)
+            if main:
+                write_samples(run.run_dir, step, kept, cfg.training.samples_per_step, notes)
             progress.advance(step, stats)
-            if stop or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
+            stopping = run.strategy.any(bool(stop))  # every rank stops after the same step
+            if stopping or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
                 save(run, step)
-            if stop:
+            if stopping:
                 writer.close()
-                raise Interrupted(128 + stop["signal"])
+                raise Interrupted(128 + stop.get("signal", signal.SIGTERM))
     after = run_eval(run, step=cfg.training.max_steps)
     writer.log(cfg.training.max_steps, after)
     writer.close()
     save(run, cfg.training.max_steps)
-    ckpt.export_run(run.run_dir)  # <run>/export: the final model for plain transformers
-    plot_run(run.run_dir)
+    if main:
+        ckpt.export_run(run.run_dir)  # <run>/export: the final model for plain transformers
+        plot_run(run.run_dir)
     return FitResult(run.run_dir, run.history["before"], after, cfg.training.max_steps)
+
+
+# Step metrics summed over data-parallel ranks (shares of the global loss, token counts); the rest are means.
+GLOBAL_SUMS = ("rollout/num_tokens", "train/loss", "train/pg_loss", "train/value_loss", "train/value/value_loss",
+               "critic/loss", "critic/value_loss")
+
+
+class _Silent:
+    """The metrics writer of ranks other than 0."""
+
+    def log(self, step: int, stats: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @contextlib.contextmanager
@@ -235,7 +255,12 @@ def sampling_params(run: Run, step: int, round_: int) -> SamplingParams:
 def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
     """Roll out and score prompts until P groups pass the group filters: DAPO Algorithm 1 with the cap and
     policy of ``dynamic_sampling`` (``fill_batch``); without dynamic sampling one round keeps them all."""
-    num_prompts = max(1, round(run.cfg.training.num_prompts * run.spec.prompts_per_step_factor))
+    total = max(1, round(run.cfg.training.num_prompts * run.spec.prompts_per_step_factor))
+    strategy = run.strategy  # this rank's share of the global batch (whole groups: a group never spans ranks)
+    num_prompts = total // strategy.world_size + (strategy.rank < total % strategy.world_size)
+    if num_prompts == 0:
+        raise ValueError(f"training.num_prompts={total} is below the {strategy.world_size} ranks: every rank "
+                         f"needs at least one prompt group per step")
     ds = run.spec.dynamic_sampling
     means, num_tokens, rounds = _Mean(), [0], itertools.count()
     timing = {"perf/rollout_s": 0.0, "perf/reward_s": 0.0}
@@ -267,6 +292,8 @@ def collect(run: Run, step: int) -> tuple[list[RolloutGroup], dict[str, float]]:
         kept, fill_stats = fill_batch(draw, num_prompts, ds.max_rounds if ds else 1, ds.on_cap if ds else "error")
     except BatchNotFilled as err:
         raise BatchNotFilled(f"step {step}: {err}") from None
+    while run.sampler.join_round():  # full: take part in the other ranks' remaining rounds (no prompts)
+        run.sampler.observe([], [], step)
     stats = {**means.result(), **run.sampler.stats(), **fill_stats, "rollout/num_tokens": float(num_tokens[0]),
              **timing}
     return kept, stats
@@ -292,13 +319,15 @@ def forward_in_micro_batches(run: Run, model: torch.nn.Module, batch: TrainBatch
     """Reference log-probs (or critic values) of the whole batch, computed micro-batch by micro-batch."""
     out = []
     device = model_device(model)
-    for micro in batch.split(run.cfg.training.micro_batch_size):
+    for micro, weight in run.strategy.lockstep(batch.split(run.cfg.training.micro_batch_size)):
         micro = micro.to(device)
         with autocast(run.cfg.training.autocast, device):
             if values:
-                out.append(run.updater.value_fn(model, micro).float().cpu())  # type: ignore[misc]
+                result = run.updater.value_fn(model, micro).float().cpu()  # type: ignore[misc]
             else:
-                out.append(run.logprobs(model, micro)[0].float().cpu())
+                result = run.logprobs(model, micro)[0].float().cpu()
+        if weight:  # a lockstep pad (sharded model) only keeps the ranks' forwards in step
+            out.append(result)
     return torch.cat(out) * batch.completion_mask
 
 
@@ -329,10 +358,11 @@ def prepare(run: Run, groups: list[RolloutGroup]
     elif run.updater.value_head is not None:  # shared trunk: the head on the policy's own forward
         values = forward_in_micro_batches(run, run.policy.model, batch, values=True)
     steps = step_token_rewards(groups, batch.completion_mask.shape[1], run.adapter.decode)
-    adv = compute_advantages(spec, AdvantageInputs(
-        rewards=rewards_matrix(groups), completion_mask=batch.completion_mask, old_logprobs=batch.old_logprobs,
-        ref_logprobs=ref, values=values, token_rewards=None if steps is None else steps[0],
-        step_mask=None if steps is None else steps[1]))
+    with batch_sums(run.strategy.all_reduce_sum):  # batch-level statistics over all ranks' groups
+        adv = compute_advantages(spec, AdvantageInputs(
+            rewards=rewards_matrix(groups), completion_mask=batch.completion_mask, old_logprobs=batch.old_logprobs,
+            ref_logprobs=ref, values=values, token_rewards=None if steps is None else steps[0],
+            step_mask=None if steps is None else steps[1]))
     batch = replace(batch, advantages=adv.advantages, ref_logprobs=ref, returns=adv.returns, old_values=values)
     keep, prune_stats = prune_samples(spec, batch.advantages, batch.completion_mask, batch.group_index)
     notes = sample_notes(batch.advantages, batch.completion_mask, batch.is_truncated, failed, keep,
