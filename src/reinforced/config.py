@@ -129,9 +129,31 @@ class EvalConfig(Section):
     """None: the rollout's max_new_tokens."""
 
 
+class VLLMConfig(Section):
+    """Settings of ``rollout.engine=vllm`` (``rollout/vllm_engine.py``); an error with any other engine."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights vLLM samples with; ``auto``: bfloat16 under ``training.autocast=bf16``, else float32."""
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Share of GPU memory vLLM may take (weights + KV cache); the rest stays for training (colocated)."""
+    cpu_kv_cache_gib: int = Field(2, ge=1)
+    """KV cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``)."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Context length vLLM plans for (None: the model's ``max_position_embeddings``)."""
+    enforce_eager: bool = False
+    """Skip torch.compile / CUDA graphs: faster start-up, slower sampling."""
+    sleep: bool = True
+    """Where vLLM has sleep mode (GPUs), free its memory between rollout and update (level 1)."""
+    max_images_per_prompt: int = Field(4, ge=1)
+    """Images per prompt vLLM budgets for (vision-language models)."""
+
+
 class RolloutConfig(Section):
     engine: str = "builtin"
-    """Rollout engine (``builtin``: KV cache, one prefill per prompt shared by its G samples)."""
+    """Rollout engine (``builtin``: KV cache, one prefill per prompt shared by its G samples; ``vllm``: vLLM's
+    offline engine in the training process, the ``[vllm]`` extra; see the README)."""
+    vllm: VLLMConfig = VLLMConfig()
+    """vLLM settings (only with ``engine: vllm``)."""
     group_size: int = Field(8, ge=1)
     """G: completions sampled per prompt."""
     max_new_tokens: int = Field(64, ge=1)
@@ -149,6 +171,13 @@ class RolloutConfig(Section):
     length_schedule: tuple[tuple[int, int], ...] = ()
     """Progressive thinking length (Vision-R1's PTST, arXiv 2503.06749): ``[[from_step, max_new_tokens],
     ...]`` in increasing step order; before the first entry, ``max_new_tokens`` applies."""
+
+    @model_validator(mode="after")
+    def _vllm_settings_need_vllm(self) -> RolloutConfig:
+        if self.engine != "vllm" and self.vllm != VLLMConfig():
+            raise ValueError(f"rollout.vllm is set but rollout.engine={self.engine!r}; set rollout.engine=vllm "
+                             "or drop rollout.vllm")
+        return self
 
     @model_validator(mode="after")
     def _increasing_schedule(self) -> RolloutConfig:

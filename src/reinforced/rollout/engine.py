@@ -5,7 +5,7 @@ logprobs ``log softmax(logits / temperature)[token]`` (the sampling distribution
 filtering, the same quantity ``training.logprobs.completion_logprobs`` computes), and a finish reason,
 plus the encoded prompt (``prompt_ids``) and its vision inputs so the trainer rebuilds exactly the
 sequence that was sampled. The built-in engine (``rollout.sampler``) runs on the training model itself;
-a vLLM engine can implement the same protocol on GPUs.
+the vLLM engine (``rollout.vllm_engine``) runs vLLM's offline engine in the training process.
 """
 
 from __future__ import annotations
@@ -33,5 +33,6 @@ ENGINES: Registry[Callable[..., RolloutEngine]] = Registry("rollout engine")
 def build_engine(name: str, adapter: Any, **options: Any) -> RolloutEngine:
     """The engine registered as ``name`` (``rollout.engine`` in the config) for ``adapter``'s model."""
     import reinforced.rollout.sampler  # noqa: F401  (registers "builtin")
+    import reinforced.rollout.vllm_engine  # noqa: F401  (registers "vllm"; imports vllm only when built)
 
     return ENGINES[name](adapter, **options)

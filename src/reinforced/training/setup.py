@@ -222,8 +222,9 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
             p.data = p.data.to(torch.bfloat16)
     adapter = Adapter(replace(policy, model=rollout_model), cfg.data.template)
     strategy.prepare(policy.model)
+    vllm_options = {"settings": cfg.rollout.vllm, "seed": cfg.run.seed} if cfg.rollout.engine == "vllm" else {}
     engine = build_engine(cfg.rollout.engine, adapter, autocast=cfg.training.autocast,
-                          max_prompt_tokens=cfg.rollout.max_prompt_tokens)
+                          max_prompt_tokens=cfg.rollout.max_prompt_tokens, **vllm_options)
     rewards = RewardComposer(
         cfg.rewards.terms, task_reward_sets(cfg), timeout_s=cfg.rewards.timeout_s,
         gate_accuracy_on_format=cfg.rewards.gate_accuracy_on_format,
