@@ -1,4 +1,4 @@
-"""Command line: ``reinforced train | eval | explain | list | models | data | report | init``.
+"""Command line: ``reinforced train | sft | eval | explain | list | models | data | report | init``.
 
     reinforced train tiny_vlm_count_grpo              # a packaged recipe by name (the quickstart)
     reinforced train                                  # config.py's defaults, the same as load_config(None)
@@ -6,6 +6,7 @@
     reinforced init my_run.yaml                       # a commented starter config
     reinforced train configs/x.yaml algorithm.kl.coef=0.04 training.max_steps=50
     reinforced train configs/x.yaml --resume          # continue from the latest checkpoint
+    reinforced sft configs/x.yaml sft.targets=trace   # supervised fine-tuning on answer tokens only
     reinforced eval runs/x                            # the run's latest checkpoint on its eval sets
     reinforced eval configs/x.yaml --data gsm8k model.name_or_path=runs/x/checkpoints/step-20/model
     reinforced explain configs/x.yaml                 # resolved algorithm + derived batch sizes
@@ -84,13 +85,34 @@ def cmd_train(ns: argparse.Namespace) -> None:
         if ns.resume:
             raise ConfigError("--overwrite deletes the run that --resume would continue; pass one of them")
         clear_run_dir(Path(cfg.run.output_dir) / cfg.run.name, assume_yes=ns.yes)
-    console.print(f"reinforced run {cfg.run.name}: model {cfg.model.name_or_path}, "
-                  f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps", style="bold")
-    spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
-    console.print("  " + "; ".join(f"{axis}: {value}" for axis, value in spec.describe()), highlight=False)
+    if cfg.stages:  # a pipeline: `reinforced explain` prints each stage
+        console.print(f"reinforced run {cfg.run.name}: model {cfg.model.name_or_path}, a pipeline of "
+                      f"{len(cfg.stages)} stages: {', '.join(s.label for s in cfg.stages)}", style="bold")
+    else:
+        console.print(f"reinforced run {cfg.run.name}: model {cfg.model.name_or_path}, "
+                      f"algorithm {cfg.algorithm.preset}, {cfg.training.max_steps} steps", style="bold")
+        spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
+        console.print("  " + "; ".join(f"{axis}: {value}" for axis, value in spec.describe()), highlight=False)
     result = fit(cfg, resume=ns.resume, show_progress=not ns.no_progress)
     print_before_after(result.before, result.after)
     console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, samples/, checkpoints/)", soft_wrap=True)
+
+
+def cmd_sft(ns: argparse.Namespace) -> None:
+    from reinforced.training.sft import fit_sft
+
+    cfg = load_from_args(ns.args)
+    if cfg.stages:
+        raise ConfigError("reinforced sft runs one SFT stage; this config has stages: run it with reinforced train")
+    if ns.overwrite:
+        if ns.resume:
+            raise ConfigError("--overwrite deletes the run that --resume would continue; pass one of them")
+        clear_run_dir(Path(cfg.run.output_dir) / cfg.run.name, assume_yes=ns.yes)
+    console.print(f"reinforced sft {cfg.run.name}: model {cfg.model.name_or_path}, targets {cfg.sft.targets}, "
+                  f"{cfg.training.max_steps} steps", style="bold")
+    result = fit_sft(cfg, resume=ns.resume, show_progress=not ns.no_progress)
+    print_before_after(result.before, result.after)
+    console.print(f"run directory: {result.run_dir} (metrics.jsonl, plots/, checkpoints/)", soft_wrap=True)
 
 
 def clear_run_dir(run_dir: Path, assume_yes: bool) -> None:
@@ -162,6 +184,13 @@ def cmd_explain(ns: argparse.Namespace) -> None:
     from reinforced.algorithms import resolve_spec
 
     cfg = load_from_args(ns.args)
+    if cfg.stages:
+        from reinforced.training.pipeline import describe_stages
+
+        console.print(f"pipeline of {len(cfg.stages)} stages (each from the previous one's weights):")
+        for line in describe_stages(cfg):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
     spec = resolve_spec(cfg.algorithm.preset, cfg.algorithm.overrides)
     for axis, value in spec.describe():
         console.print(f"{axis:>22}: {value}")
@@ -263,19 +292,27 @@ def cmd_init(ns: argparse.Namespace) -> None:
     console.print(f"wrote {path}: edit it, then `reinforced train {path}`", soft_wrap=True, highlight=False)
 
 
+def _add_run_options(p: argparse.ArgumentParser, fn: object) -> None:
+    """The options of the commands that train (train, sft)."""
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete the run directory first (lists it, asks)")
+    p.add_argument("--yes", action="store_true", help="with --overwrite: do not ask (needed without a terminal)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=fn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from reinforced import __version__
 
     parser = argparse.ArgumentParser(prog="reinforced", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"reinforced {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train with RL")
+    p = sub.add_parser("train", help="train with RL (or run a config's stages)")
     p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...] (no CONFIG: config.py's defaults)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete the run directory first (lists it, asks)")
-    p.add_argument("--yes", action="store_true", help="with --overwrite: do not ask (needed without a terminal)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_train)
+    _add_run_options(p, cmd_train)
+    p = sub.add_parser("sft", help="supervised fine-tuning on answer tokens (the sft stage run alone)")
+    p.add_argument("args", nargs="*", help="[CONFIG] [key=value ...]")
+    _add_run_options(p, cmd_sft)
     p = sub.add_parser("eval", help="evaluate a model, or a run's latest checkpoint, on held-out sets")
     p.add_argument("args", nargs="*", help="[CONFIG | RUN_DIR] [key=value ...]")
     p.add_argument("--data", nargs="*", default=None, help="JSONL files / set folders / built-in names")

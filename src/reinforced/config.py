@@ -306,6 +306,104 @@ class TrainingConfig(Section):
         return self
 
 
+class SFTConfig(Section):
+    """Supervised fine-tuning (``reinforced sft``, stages of kind ``sft``): teacher-forced cross-entropy on the
+    answer tokens only (``training/sft.py``). Each step draws ``training.num_prompts`` rows; the optimiser,
+    learning-rate schedule, micro-batches, checkpoints and trackers are those of ``training``."""
+
+    targets: Literal["row", "trace"] = "row"
+    """Where each row's target text comes from: ``row``: the row's ``target`` field (a file's ``target`` column
+    or ``meta.target``; a ``generate`` stage writes it); ``trace``: the procedural task's solver trace
+    (``reinforced.training.sft.TRACES``: worked reasoning built from the task's own ground truth)."""
+
+
+class GenerateConfig(Section):
+    """Stages of kind ``generate`` (rejection sampling / self-distillation) and ``filter`` (pass-rate band):
+    sample ``num_samples`` completions for each of ``num_prompts`` prompts of ``data.train``, score them with
+    ``rewards``, keep what passes, and write the kept rows as JSONL for a later stage (``from_stage``)."""
+
+    num_prompts: int = Field(64, ge=1)
+    """Prompts drawn from ``data.train`` (with its sampler)."""
+    num_samples: int = Field(8, ge=1)
+    """K: completions sampled per prompt (temperature, top-p and length budget from ``rollout``)."""
+    keep_per_prompt: int = Field(1, ge=1)
+    """generate: at most this many passing completions kept per prompt (distinct texts)."""
+    order: Literal["shortest", "score"] = "shortest"
+    """generate: which passing completions are kept first: the shortest, or the highest composed reward."""
+    well_formed: bool = True
+    """generate: keep only completions that stopped by themselves (not truncated) and, where a ``format``
+    reward term ran, scored above 0 on it."""
+    replay: tuple[DataSource, ...] = ()
+    """generate: general data mixed into the kept rows against forgetting (Curr-ReFT's rejection-sampled
+    self-improvement)."""
+    replay_targets: Literal["row", "trace"] = "row"
+    """generate: the replay rows' targets, as ``sft.targets``: a file's ``target`` field or a task's solver trace."""
+    replay_share: float = Field(0.0, ge=0, lt=1)
+    """generate: the share of the written rows that are replay rows (0.25: one replay row per three kept)."""
+    pass_band: tuple[float, float] = (0.0, 1.0)
+    """filter: keep prompts whose pass rate p satisfies low < p < high (Reason-RFT's / ORZ's curation)."""
+
+
+class UntilRule(Section):
+    metric: str
+    """A held-out metric of the stage, ``eval/<set>/accuracy`` (checked every ``eval.every_n_steps``)."""
+    at_least: float
+    """The stage ends at the first evaluation where the metric is at least this."""
+    max_steps: int = Field(ge=1)
+    """... or after this many steps, whichever comes first."""
+
+
+class AdvanceRule(Section):
+    """When a stage ends and the next begins: after ``steps``, or ``until`` a held-out metric reaches a level."""
+
+    steps: int | None = Field(None, ge=1)
+    """The stage's number of steps (its ``training.max_steps``)."""
+    until: UntilRule | None = None
+    """``{metric: eval/<set>/accuracy, at_least: x, max_steps: N}``."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> AdvanceRule:
+        if (self.steps is None) == (self.until is None):
+            raise ValueError("an advance rule needs exactly one of 'steps' or 'until'")
+        return self
+
+
+STAGE_SECTIONS = ("data", "eval", "rollout", "rewards", "algorithm", "training", "sft", "generate")
+"""The sections a stage may override; ``run`` and ``model`` are the pipeline's (weights pass between stages)."""
+
+
+class StageConfig(Section):
+    """One stage of a pipeline (``stages:``): its kind, its advance rule and its overrides of the base config
+    (deep-merged: mappings merge key by key, lists replace; ``algorithm: {kl.coef: 0}`` means an override)."""
+
+    kind: str
+    """What the stage does (``training/pipeline.py``'s ``STAGES``): ``sft``, ``rl``, ``generate`` or ``filter``."""
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Label in metrics and the stage's folder ``stages/<i>-<name>/`` (default: the kind)."""
+    advance: AdvanceRule | None = None
+    """When the stage ends (None: after the stage's ``training.max_steps``)."""
+    data: dict[str, Any] | None = None
+    """Overrides of ``data`` (a source ``{from_stage: k}`` reads the rows stage k wrote)."""
+    eval: dict[str, Any] | None = None
+    """Overrides of ``eval``."""
+    rollout: dict[str, Any] | None = None
+    """Overrides of ``rollout``."""
+    rewards: dict[str, Any] | None = None
+    """Overrides of ``rewards``."""
+    algorithm: dict[str, Any] | None = None
+    """Overrides of ``algorithm``."""
+    training: dict[str, Any] | None = None
+    """Overrides of ``training``."""
+    sft: dict[str, Any] | None = None
+    """Overrides of ``sft``."""
+    generate: dict[str, Any] | None = None
+    """Overrides of ``generate``."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     """Where outputs go and the seed."""
@@ -323,6 +421,13 @@ class Config(Section):
     """Policy-optimisation algorithm."""
     training: TrainingConfig = TrainingConfig()
     """Optimisation and bookkeeping."""
+    sft: SFTConfig = SFTConfig()
+    """Supervised fine-tuning (``reinforced sft``, ``sft`` stages)."""
+    generate: GenerateConfig = GenerateConfig()
+    """Rejection sampling and pass-rate filtering (``generate`` / ``filter`` stages)."""
+    stages: tuple[StageConfig, ...] = ()
+    """A pipeline (``training/pipeline.py``): stages run in order in one run directory, each starting from the
+    previous stage's weights; empty: one RL run of this config."""
 
     @model_validator(mode="after")
     def _quantized_base_needs_no_bf16_copy(self) -> Config:
@@ -359,11 +464,11 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def _explain(err: ValidationError) -> str:
+def _explain(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = [p for p in e["loc"] if not isinstance(p, int)]
-        key = ".".join(str(p) for p in e["loc"])
+        key = prefix + ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             valid = _fields_at(loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
@@ -421,7 +526,99 @@ def build_config(tree: Mapping[str, Any]) -> Config:
     except ValidationError as err:
         raise ConfigError(_explain(err)) from None
     validate_cross_section(cfg)
+    if cfg.stages:  # each stage's kind is known and its merged config valid, or the error names the stage
+        from reinforced.training.pipeline import resolve_stages  # local: the registry of stage kinds
+
+        resolve_stages(cfg)
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pipelines: a stage's config is the base config deep-merged with the stage's overrides.
+
+
+def stage_dir(cfg: Config, index: int) -> Path:
+    """``<run>/stages/<i>-<label>/``: the stage's own run directory (its checkpoints, samples, written data)."""
+    return Path(cfg.run.output_dir) / cfg.run.name / "stages" / f"{index}-{cfg.stages[index].label}"
+
+
+def stage_config(cfg: Config, index: int) -> Config:
+    """The full config of stage ``index``: ``cfg`` (without ``stages``) deep-merged with the stage's overrides,
+    its run directory ``stage_dir``, ``advance.steps`` / ``until.max_steps`` as ``training.max_steps``, and each
+    data source ``{from_stage: k}`` replaced by the rows stage k wrote. Errors name the stage's keys.
+    """
+    stage, where = cfg.stages[index], f"stages.{index}."
+    tree = cfg.to_dict()
+    tree["stages"] = []
+    for section in STAGE_SECTIONS:
+        overrides = getattr(stage, section)
+        if overrides:
+            tree[section] = _merge(tree[section], _algorithm_shorthand(section, overrides))
+    _resolve_from_stage(cfg, index, tree)
+    folder = stage_dir(cfg, index)
+    tree["run"].update(output_dir=str(folder.parent), name=folder.name)
+    if stage.advance is not None:
+        if stage.training and "max_steps" in stage.training:
+            raise ConfigError(f"{where}advance and {where}training.max_steps both set the stage's length; keep one")
+        steps = stage.advance.steps or stage.advance.until.max_steps  # type: ignore[union-attr]
+        tree["training"]["max_steps"] = steps
+    try:
+        resolved = Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, prefix=where)) from None
+    try:
+        validate_cross_section(resolved)
+        _check_until(stage, resolved)
+    except ConfigError as err:
+        raise ConfigError(f"{where.rstrip('.')} ({stage.kind}): {err}") from None
+    return resolved
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Mappings merge key by key (recursively); anything else (lists, scalars) replaces.
+
+    >>> _merge({"a": {"x": 1, "y": 2}, "l": [1]}, {"a": {"y": 3}, "l": [4]})
+    {'a': {'x': 1, 'y': 3}, 'l': [4]}
+    """
+    if isinstance(base, dict) and isinstance(over, Mapping):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
+def _algorithm_shorthand(section: str, overrides: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``algorithm: {kl.coef: 0}`` in a stage means ``algorithm: {overrides: {kl.coef: 0}}`` (as on the CLI)."""
+    if section != "algorithm":
+        return overrides
+    direct = {k: v for k, v in overrides.items() if k in ("preset", "overrides")}
+    extra = {k: v for k, v in overrides.items() if k not in direct}
+    if extra:
+        direct["overrides"] = {**direct.get("overrides", {}), **extra}
+    return direct
+
+
+def _resolve_from_stage(cfg: Config, index: int, tree: dict[str, Any]) -> None:
+    """Replace ``{from_stage: k}`` data sources by ``stages/<k>-<label>/data.jsonl`` (rows stage k writes)."""
+    for j, source in enumerate(tree["data"]["train"]):
+        if not isinstance(source, dict) or "from_stage" not in source:
+            continue
+        k = source.pop("from_stage")
+        if not isinstance(k, int) or not 0 <= k < index:
+            raise ConfigError(f"stages.{index}.data.train.{j}.from_stage: {k!r} must name an earlier stage "
+                              f"(0..{index - 1})")
+        source.setdefault("name", cfg.stages[k].label)
+        source["path"] = str(stage_dir(cfg, k) / "data.jsonl")
+
+
+def _check_until(stage: StageConfig, cfg: Config) -> None:
+    until = stage.advance.until if stage.advance is not None else None
+    if until is None:
+        return
+    names = [s.name or s.task or Path(s.path or "").stem for s in cfg.eval.sets]
+    if not until.metric.startswith("eval/") or until.metric.split("/")[1] not in names:
+        raise ConfigError(f"advance.until.metric={until.metric!r} is not a held-out metric of the stage; "
+                          f"use eval/<set>/accuracy with a set of eval.sets ({', '.join(names) or 'none'})")
+    if cfg.eval.every_n_steps == 0:
+        raise ConfigError("advance.until needs eval.every_n_steps > 0 (the metric is checked at each evaluation)")
 
 
 def packaged_configs() -> Path:

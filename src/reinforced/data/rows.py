@@ -190,6 +190,8 @@ def _base_prompt(row: Mapping[str, Any], text: str, images: tuple[ImageLike, ...
     meta = row.get("meta") or row.get("metadata") or {}
     if not isinstance(meta, Mapping):
         raise RowError(f"'meta' must be an object, got {type(meta).__name__}")
+    if isinstance(row.get("target"), str):  # an SFT target (reasoning trace + answer), read by training/sft.py
+        meta = {**meta, "target": row["target"]}
     return Prompt(prompt_id=str(row.get("id", row_id)), question=text, answer=answer, choices=choices,
                   images=images, answer_type=str(answer_type), task=task, metadata=dict(meta),
                   reward_set=row.get("reward_set"), system=row.get("system"))

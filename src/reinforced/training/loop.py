@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,10 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
     Writes ``config.yaml``, ``metrics.jsonl``, ``samples/``, ``checkpoints/`` and ``plots/`` under the run
     directory.
     """
+    if cfg.stages:  # a pipeline of stages (training/pipeline.py): the RL stages come back here through train()
+        from reinforced.training.pipeline import run_pipeline
+
+        return run_pipeline(cfg, resume, show_progress)
     run = setup(cfg, resume)
     try:
         with stop_requests() as stop:
@@ -113,7 +117,10 @@ def fit(cfg: Config, resume: bool = False, show_progress: bool = True) -> FitRes
         run.release()
 
 
-def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
+def train(run: Run, stop: dict[str, int], show_progress: bool,
+          until: Callable[[dict[str, float]], bool] | None = None) -> FitResult:
+    """The RL steps of ``run``; ``until`` (a pipeline stage's advance rule) is asked after each step's metrics
+    and True ends the run at that step."""
     cfg = run.cfg
     fresh = "before" not in run.history  # no checkpoint: the history starts afresh
     main = run.strategy.is_main  # rank 0 logs, writes samples and plots; every rank trains and evaluates
@@ -155,14 +162,17 @@ def train(run: Run, stop: dict[str, int], show_progress: bool) -> FitResult:
             if stopping:
                 writer.close()
                 raise Interrupted(128 + stop.get("signal", signal.SIGTERM))
-    after = run_eval(run, step=cfg.training.max_steps)
-    writer.log(cfg.training.max_steps, after)
+            if until is not None and until(stats):
+                break
+    last = step if until is not None else cfg.training.max_steps
+    after = run_eval(run, step=last)
+    writer.log(last, after)
     writer.close()
-    save(run, cfg.training.max_steps)
+    save(run, last)
     if main:
         ckpt.export_run(run.run_dir)  # <run>/export: the final model for plain transformers
         plot_run(run.run_dir)
-    return FitResult(run.run_dir, run.history["before"], after, cfg.training.max_steps)
+    return FitResult(run.run_dir, run.history["before"], after, last)
 
 
 # Step metrics summed over data-parallel ranks (shares of the global loss, token counts); the rest are means.

@@ -8,11 +8,23 @@ and sometimes succeeds; GRPO has no gradient where every sample of a group fails
 placeholders included) are context, never targets; the loss is a token mean over the whole batch.
 
 Works for text models (``vision`` None) and VLMs (per-example vision dicts collated by ``models.vision``).
+
+``fit_sft`` is the stage run alone (``reinforced sft CONFIG``) and the ``sft`` stage of a pipeline
+(``training/pipeline.py``). It is built by the RL run's own ``setup`` (model, data sampler, held-out sets,
+rollout engine and rewards for evaluation, trackers, checkpoints), so the two share every bookkeeping path
+and resume bitwise the same way. A prompt is rendered exactly as rollouts see it (``Adapter.encode``: the
+template and the model's chat template with its generation prompt, images included); the target is the
+answer text followed by the model's end-of-turn / EOS token, so only the assistant's answer is learned.
+Rows are right-padded into micro-batches; the loss of a step is divided once by the step's number of
+target tokens (not per micro-batch: the normaliser bug of TRL #5619 / OpenRLHF #1249). Targets are a row's
+``target`` field (reasoning traces; a ``generate`` stage's kept samples) or a task's solver trace
+(``TRACES``), the procedural stand-in for the stronger model's traces of Vision-R1's cold start.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +32,17 @@ from typing import Any, Literal
 
 import torch
 
+from reinforced.algorithms import resolve_spec
+from reinforced.config import AlgorithmConfig, Config, ConfigError
 from reinforced.models.vision import encode_vlm, vision_forward_kwargs
+from reinforced.registry import Registry
+from reinforced.tracking.progress import Progress
+from reinforced.tracking.report import plot_run
+from reinforced.tracking.sinks import MetricsWriter
+from reinforced.training import checkpoint as ckpt
+from reinforced.training.loop import FitResult, Interrupted, run_eval, stop_requests
+from reinforced.training.setup import Run, build_run, restore, run_dir_for, save
+from reinforced.training.step import autocast, build_optimizer
 from reinforced.types import Prompt
 
 
@@ -78,13 +100,16 @@ def collate_sft(examples: Sequence[SFTExample], pad_id: int) -> SFTBatch:
     return SFTBatch(ids, attn, target[:, 1:], tuple(e.vision for e in examples), tuple(e.sample_id for e in examples))
 
 
-def sft_loss(model: torch.nn.Module, batch: SFTBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean cross-entropy over target tokens; stats: loss, token accuracy, number of target tokens."""
+def sft_loss(model: torch.nn.Module, batch: SFTBatch, normaliser: float | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy summed over target tokens / ``normaliser`` (None: their number here, a mean); stats:
+    loss, token accuracy, number of target tokens."""
     extra = vision_forward_kwargs(model.config, batch.input_ids, batch.vision, batch.sample_ids)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra).logits  # [n, L, V]
     logits = logits[:, :-1][batch.loss_mask].float()  # [K, V] positions predicting a target token
     labels = batch.input_ids[:, 1:][batch.loss_mask]  # [K]
-    loss = torch.nn.functional.cross_entropy(logits, labels)
+    total = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    loss = total / (labels.numel() if normaliser is None else normaliser)
     accuracy = (logits.argmax(-1) == labels).float().mean()
     return loss, {"loss": float(loss.detach()), "token_accuracy": float(accuracy), "num_tokens": float(labels.numel())}
 
@@ -157,3 +182,166 @@ def train_sft(
         if log is not None:
             log(step, stats)
     return history
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The SFT stage: `reinforced sft CONFIG` and pipeline stages of kind `sft`.
+
+TRACES: Registry[Callable[[Prompt], str]] = Registry("solver trace")
+"""Procedural task name -> the worked answer built from the task's own ground truth (``sft.targets: trace``)."""
+
+
+@TRACES.register("count_shapes")
+def _count_trace(prompt: Prompt) -> str:
+    return f"<think>I count {prompt.answer} {prompt.metadata['shape']}s.</think><answer>{prompt.answer}</answer>"
+
+
+@TRACES.register("digit_arithmetic")
+def _digit_arithmetic_trace(prompt: Prompt) -> str:
+    a, b = prompt.metadata["operands"]
+    return f"<think>{a} {prompt.metadata['op']} {b} = {prompt.answer}.</think><answer>{prompt.answer}</answer>"
+
+
+@TRACES.register("arithmetic")
+def _arithmetic_trace(prompt: Prompt) -> str:
+    return f"<think>{prompt.metadata['expression']} = {prompt.answer}.</think><answer>{prompt.answer}</answer>"
+
+
+def target_text(prompt: Prompt, targets: str) -> str:
+    """The SFT target of ``prompt``: its row's ``target`` (``targets="row"``) or its task's solver trace."""
+    if targets == "trace":
+        if prompt.task not in TRACES.names():
+            raise ValueError(f"sft.targets=trace: task {prompt.task!r} has no solver trace (tasks with one: "
+                             f"{', '.join(TRACES.names())}); give rows with a 'target' field and sft.targets=row")
+        return TRACES[prompt.task](prompt)
+    target = prompt.metadata.get("target")
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"row {prompt.prompt_id!r} ({prompt.task}) has no 'target' text to learn (sft.targets=row "
+                         "reads a row's 'target' field or meta.target); for procedural tasks use sft.targets=trace")
+    return target
+
+
+def encode_target(adapter: Any, prompt: Prompt, target: str) -> SFTExample:
+    """``prompt`` rendered as rollouts see it (template + chat template + generation prompt, images) and
+    ``target`` + the first EOS id (the end of the assistant turn) as the learned tokens."""
+    encoded = adapter.encode(prompt)
+    target_ids = adapter.tokenizer.encode(target, add_special_tokens=False) + [adapter.eos_token_ids[0]]
+    return SFTExample(prompt.prompt_id, tuple(encoded.input_ids), tuple(target_ids), encoded.vision)
+
+
+def _on_device(batch: SFTBatch, device: torch.device) -> SFTBatch:
+    vision = tuple(None if v is None else {k: t.to(device) for k, t in v.items()} for v in batch.vision)
+    return SFTBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.loss_mask.to(device),
+                    vision, batch.sample_ids)
+
+
+def sft_update(run: Any, examples: Sequence[SFTExample]) -> dict[str, float]:
+    """One optimiser step over ``examples`` in micro-batches of ``training.micro_batch_size``; the loss is
+    divided once by the step's number of target tokens. A non-finite gradient skips the step."""
+    cfg, model = run.cfg.training, run.policy.model
+    optimizer, scheduler = run.updater.optimizer, run.updater.scheduler
+    device = next(model.parameters()).device
+    model.train()
+    num_tokens = sum(len(e.target_ids) for e in examples)  # the step's normaliser, computed once
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = correct = 0.0
+    for start in range(0, len(examples), cfg.micro_batch_size):
+        batch = _on_device(collate_sft(examples[start : start + cfg.micro_batch_size], run.adapter.pad_token_id),
+                           device)
+        with autocast(cfg.autocast, device):
+            loss, stats = sft_loss(model, batch, normaliser=num_tokens)
+        loss.backward()
+        loss_sum += float(loss.detach())
+        correct += stats["token_accuracy"] * stats["num_tokens"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+    skipped = not bool(torch.isfinite(norm))
+    if not skipped:
+        optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"train/loss": loss_sum, "train/token_accuracy": correct / num_tokens, "train/num_tokens": float(num_tokens),
+            "train/grad_norm": float(norm), "train/lr": lr, "train/skipped_steps": float(skipped)}
+
+
+def setup_sft(cfg: Config, resume: bool) -> Run:
+    """The RL run's ``setup`` for an SFT stage: no reference model (no KL), an optimiser whose schedule spans
+    ``training.max_steps`` optimiser steps, then the checkpoint restored (``--resume``)."""
+    if cfg.training.strategy != "single":
+        raise ConfigError(f"training.strategy={cfg.training.strategy}: SFT stages run in one process for now")
+    no_kl = AlgorithmConfig(preset="grpo", overrides={"kl.coef": 0.0})  # the algorithm is unused: no reference
+    spec = resolve_spec(no_kl.preset, no_kl.overrides)
+    run_dir, lock = run_dir_for(cfg, resume)
+    try:
+        run = build_run(cfg.model_copy(update={"algorithm": no_kl}), spec, run_dir, lock, resume=False)
+        run.cfg = cfg
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        (run_dir / "algorithm.txt").write_text("sft: cross-entropy on answer tokens / the step's target tokens\n")
+        params = [p for p in run.policy.model.parameters() if p.requires_grad]
+        run.updater.optimizer, run.updater.scheduler = build_optimizer(params, cfg.training,
+                                                                       total_steps=cfg.training.max_steps)
+        if resume:
+            restore(run)
+    except BaseException:
+        lock.close()
+        raise
+    return run
+
+
+def fit_sft(cfg: Config, resume: bool = False, show_progress: bool = True,
+            until: Callable[[dict[str, float]], bool] | None = None,
+            position: dict[str, Any] | None = None) -> FitResult:
+    """Supervised fine-tuning as ``cfg`` says (``reinforced sft``): the counterpart of ``loop.fit``.
+
+    ``until``: a pipeline's advance rule, asked after each step's metrics (True ends the stage there).
+    ``position``: the stage's place in a pipeline, stored in every checkpoint. Writes the same run directory
+    as ``fit`` (config.yaml, metrics.jsonl, checkpoints/, export/, plots/).
+    """
+    run = setup_sft(cfg, resume)
+    if position is not None:
+        run.history["pipeline"] = position
+    try:
+        with stop_requests() as stop:
+            return train_sft_run(run, stop, show_progress, until)
+    finally:
+        run.rewards.close()
+        run.release()
+
+
+def train_sft_run(run: Run, stop: dict[str, int], show_progress: bool,
+                  until: Callable[[dict[str, float]], bool] | None) -> FitResult:
+    cfg = run.cfg
+    fresh = "before" not in run.history
+    writer = MetricsWriter(run.run_dir, cfg.training.report_to, resume_step=-1 if fresh else run.start_step,
+                           config=cfg)
+    if fresh:
+        run.history["before"] = run_eval(run, step=0)
+        writer.log(0, run.history["before"])
+    step = run.start_step
+    with Progress(cfg.training.max_steps, run.start_step, enabled=show_progress,
+                  every=cfg.training.progress_every) as progress:
+        for step in range(run.start_step + 1, cfg.training.max_steps + 1):
+            t0 = time.perf_counter()
+            prompts = run.sampler.next(cfg.training.num_prompts)
+            examples = [encode_target(run.adapter, p, target_text(p, cfg.sft.targets)) for p in prompts]
+            stats = sft_update(run, examples)
+            stats["perf/step_s"] = time.perf_counter() - t0
+            if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < cfg.training.max_steps:
+                stats.update(run_eval(run, step))
+            writer.log(step, stats)
+            progress.advance(step, stats)
+            if stop or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
+                save(run, step)
+            if stop:
+                writer.close()
+                raise Interrupted(128 + stop.get("signal", signal.SIGTERM))
+            if until is not None and until(stats):
+                break
+    after = run_eval(run, step=step)
+    writer.log(step, after)
+    writer.close()
+    save(run, step)
+    ckpt.export_run(run.run_dir)
+    plot_run(run.run_dir)
+    return FitResult(run.run_dir, run.history["before"], after, step)
