@@ -646,8 +646,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
     ``path`` is a YAML file or the name of a packaged recipe (``resolve_config_path``); None means the
     defaults of this module, for Python and the command line alike. Reward files named in the config
-    (``rewards.terms: [{name: my_rewards.py:fn}]``) resolve relative to the config file's folder, then the
-    working directory, and are stored as absolute paths in the returned config.
+    (``rewards.terms: [{name: my_rewards.py:fn}]``) and data paths (``data.train: [{path: rows.jsonl}]``,
+    ``eval.sets``) resolve relative to the config file's folder, then the working directory, and are stored
+    as absolute paths in the returned config (and so in a run's config.yaml). A run's config.yaml restores the
+    Python rewards its Trainer saved (``<run>/rewards/<name>.pkl``).
 
     >>> load_config(None, ["training.max_steps=3"]).training.max_steps
     3
@@ -660,6 +662,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         key, _, text = item.partition("=")
         apply_override(tree, key.strip(), parse_value(text))
     resolve_reward_files(tree, base_dirs)
+    resolve_data_paths(tree, base_dirs)
     return build_config(tree)
 
 
@@ -687,14 +690,43 @@ def resolve_reward_files(tree: dict[str, Any], base_dirs: Sequence[Path]) -> Non
         lists += [(f"rewards.sets.{k}", v) for k, v in rewards["sets"].items()]
     for where, terms in lists:
         for i, term in enumerate(terms if isinstance(terms, list) else []):
-            if isinstance(term, dict) and isinstance(term.get("name"), str) and ":" in term["name"]:
-                from reinforced.rewards.custom import check_term, resolve_file  # local: imports every reward
+            name = term.get("name") if isinstance(term, dict) else None
+            if not isinstance(name, str):
+                continue
+            try:
+                if ":" in name:
+                    from reinforced.rewards.custom import check_term, resolve_file  # local: loads the rewards
 
-                try:
-                    term["name"] = resolve_file(term["name"], base_dirs)
+                    term["name"] = resolve_file(name, base_dirs)
                     check_term(term["name"], term.get("params") or {})
-                except (KeyError, ValueError) as err:
-                    raise ConfigError(f"{where}.{i}.name: {err}") from None
+                elif any((Path(d) / "rewards" / f"{name}.pkl").is_file() for d in base_dirs):
+                    from reinforced.rewards.custom import restore_saved  # a Trainer run's Python reward
+
+                    restore_saved(name, base_dirs)
+            except (KeyError, ValueError) as err:
+                raise ConfigError(f"{where}.{i}.name: {err}") from None
+
+
+def resolve_data_paths(tree: dict[str, Any], base_dirs: Sequence[Path]) -> None:
+    """Make the relative ``path`` of each ``data.train`` / ``eval.sets`` source absolute, resolved like reward
+    files: beside the config file first, then the working directory. A path found in neither stays as
+    written: a built-in set name (``gsm8k``), or a missing path the loader reports with the built-in names."""
+    data, evals = tree.get("data"), tree.get("eval")
+    groups = [data.get("train") if isinstance(data, dict) else None, evals.get("sets") if isinstance(evals, dict) else None]
+    for sources in groups:
+        for source in sources if isinstance(sources, list | tuple) else ():
+            if isinstance(source, dict) and isinstance(source.get("path"), str):
+                source["path"] = _resolve_data_path(source["path"], base_dirs)
+
+
+def _resolve_data_path(path: str, base_dirs: Sequence[Path]) -> str:
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for base in (*base_dirs, Path.cwd()):
+        if (Path(base) / p).exists():
+            return str((Path(base) / p).resolve())
+    return path
 
 
 def _read_yaml(path: Path) -> Any:

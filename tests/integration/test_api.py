@@ -1,6 +1,8 @@
 """Python API and CLI polish through their public entry points: Trainer, `import reinforced`, the README's
 quick paths (run with the tiny random model tiny-qwen2 for one step instead of SmolLM2 for 20), an unguarded
-notebook-style script, --version, init, --overwrite."""
+notebook-style script, --version, init, --overwrite; Trainer with Hugging Face datasets holding PIL images (the
+tiny VLM), a loaded model, rewards restored by `reinforced eval RUN` in a new process, data paths beside the
+config, batch rewards with context parameters and without gold."""
 
 import json
 import os
@@ -76,8 +78,9 @@ print("STEPS", result.steps)
     assert (tmp_path / "starts.txt").read_text() == "start\n"  # the reward worker never ran the script
     step = [m for m in metrics(tmp_path / "runs" / "run") if "reward/shorter" in m][0]
     assert step["reward/errors"] == 0.0 and step["reward/shorter"] < 0  # both callables scored in the worker
-    row = json.loads((tmp_path / "runs" / "run" / "data" / "train.jsonl").read_text().splitlines()[0])
-    assert row == {"question": "0+0?", "answer": "0", "meta": {"level": 0}}
+    [data_file] = (tmp_path / "runs" / "run" / "data").glob("train-*.jsonl")
+    row = json.loads(data_file.read_text().splitlines()[0])
+    assert row == {"id": "train-1", "answer": "0", "answer_type": "text", "question": "0+0?", "meta": {"level": 0}}
 
 
 def test_readme_python_quick_path(tmp_path):
@@ -155,3 +158,128 @@ def test_overwrite_lists_asks_and_needs_yes_without_a_terminal(tmp_path, capsys,
     assert main([*args, "--yes"]) == 2  # deleted, then the missing model stops the run
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
     assert main([*args[:-1], "--overwrite", "--resume", "--yes"]) == 2
+
+
+def shade_rows(n: int) -> dict:
+    """TRL-style rows: a conversational prompt with a bare image item, the PIL image in ``images``, gold in
+    ``solution``, and an extra column ``level``."""
+    import numpy as np
+    from PIL import Image
+
+    return {"prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"shade {i}?"}]}]
+                       for i in range(n)],
+            "images": [[Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8))] for i in range(n)],
+            "solution": [str(i) for i in range(n)], "level": list(range(n))}
+
+
+def level(completions, prompts, level, num_tokens, **columns):
+    """A batch reward reading the extra column and a context parameter (one entry per completion)."""
+    assert len(level) == len(num_tokens) == len(completions) and all(isinstance(n, int) for n in num_tokens)
+    return [float(lv) for lv in level]
+
+
+def test_trainer_takes_datasets_with_pil_images_and_eval_in_a_new_process_restores_the_reward(tmp_path):
+    """A datasets.Dataset with PIL images (train) and a DatasetDict's test split (eval) on the tiny VLM, 1 step;
+    the run's data is what the loaders read back; `reinforced eval RUN` in a new process restores the callable."""
+    datasets = pytest.importorskip("datasets")  # installed by `make test` (the dev extra)
+    import numpy as np
+    from PIL import Image
+
+    from reinforced.data import prompts_from_dataset
+
+    ds = datasets.Dataset.from_dict(shade_rows(4))
+    dd = datasets.DatasetDict({"train": ds, "test": ds.select([2, 3])})
+    args = {"model": "reinforced-tiny-vlm", "reward_funcs": ["math_answer", level], "train_dataset": ds,
+            "eval_dataset": dd, "run.output_dir": str(tmp_path / "runs"), **TINY}
+    trainer = reinforced.Trainer(**args)
+    result = trainer.train(show_progress=False)
+    run_dir = tmp_path / "runs" / "run"
+    step = [m for m in metrics(run_dir) if "reward/errors" in m][0]
+    assert result.steps == 1 and step["reward/errors"] == 0.0 and step["reward/level"] == 1.5  # levels 0..3
+    saved = load_config(run_dir / "config.yaml")
+    train_file, eval_file = Path(saved.data.train[0].path), Path(saved.eval.sets[0].path)
+    assert train_file.parent == eval_file.parent == (run_dir / "data").resolve()
+    read = prompts_from_dataset(str(train_file))  # the file loaders, as for YAML
+    assert [(p.prompt_id, p.question, p.answer, p.metadata) for p in read] == [
+        (f"train-{i + 1}", f"<image>shade {i}?", str(i), {"level": i}) for i in range(4)]
+    for i, p in enumerate(read):  # PNG beside the rows: the pixels of the PIL image given
+        assert np.array_equal(np.asarray(Image.open(p.images[0])), np.asarray(ds[i]["images"][0]))
+    assert [p.answer for p in prompts_from_dataset(str(eval_file))] == ["2", "3"]  # the DatasetDict's test split
+    # the same data as an IterableDataset or as dict rows: the same file (content-addressed, resume-safe)
+    for same in (ds.to_iterable_dataset(), [dict(r) for r in ds]):
+        again = reinforced.Trainer(**{**args, "train_dataset": same}).config.data.train[0].path
+        assert again == str(train_file)
+    with pytest.raises(reinforced.ConfigError, match=r"no split 'validation' \(available: train, test\)"):
+        reinforced.Trainer(**{**args, "eval_split": "validation"})
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "reinforced", "eval", str(run_dir)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"reward 'level': the Python function saved by Trainer in {run_dir / 'rewards' / 'level.pkl'}" in (
+        proc.stdout + proc.stderr)
+    (run_dir / "rewards" / "level.pkl").unlink()
+    proc = subprocess.run([sys.executable, "-m", "reinforced", "eval", str(run_dir)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unknown reward 'level'" in proc.stdout + proc.stderr
+    assert "name the term 'my_rewards.py:level'" in proc.stdout + proc.stderr
+
+
+def test_trainer_with_a_loaded_model_records_its_source_and_rows_without_gold(tmp_path):
+    """model=<loaded transformers model> + processing_class, 1 step: saved to <run>/initial_model with
+    source.json; the accuracy reward is a batch reward without `answer`, so rows without gold train, and a
+    batch reward declaring `correct`/`num_tokens` gets them as lists."""
+    from reinforced.config import ModelConfig
+    from reinforced.models import load_folder, load_policy
+
+    tiny = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.tokenizer.save_pretrained(tmp_path / "base")
+    loaded = load_folder(tmp_path / "base")
+
+    def has_digit(completions, prompts):
+        return [float(any(ch.isdigit() for ch in c)) for c in completions]
+
+    def short_if_right(completions, correct, num_tokens):
+        assert isinstance(correct, list) and len(correct) == len(num_tokens) == len(completions) == 4  # one call
+        return [c * (1 - n / 100) for c, n in zip(correct, num_tokens)]
+
+    rows = [{"question": f"Say a number bigger than {a}."} for a in range(4)]  # no gold anywhere
+    result = reinforced.Trainer(model=loaded.model, processing_class=loaded.tokenizer,
+                                reward_funcs=[has_digit, short_if_right], train_dataset=rows,
+                                **{"run.output_dir": str(tmp_path / "runs"), **TINY}).train(show_progress=False)
+    run_dir = tmp_path / "runs" / "run"
+    step = [m for m in metrics(run_dir) if "reward/errors" in m][0]
+    assert result.steps == 1 and step["reward/errors"] == 0.0 and "reward/short_if_right" in step  # no assert failed
+    folder = run_dir / "initial_model"
+    assert load_config(run_dir / "config.yaml").model.name_or_path == str(folder.resolve())
+    assert json.loads((folder / "source.json").read_text()) == {
+        "loaded_model": "Qwen2ForCausalLM", "name_or_path": str(tmp_path / "base"),
+        "processing_class": type(loaded.tokenizer).__name__}
+    start = load_folder(folder).model.state_dict()
+    assert all(start[k].equal(v) for k, v in tiny.model.state_dict().items())  # the weights given
+    with pytest.raises(ValueError, match="have no gold answer"):  # a reward that reads gold needs it
+        reinforced.Trainer(model="tiny-qwen2", reward_funcs=["math_answer"], train_dataset=rows,
+                           **{"run.output_dir": str(tmp_path / "runs2"), **TINY}).train(show_progress=False)
+
+
+def test_yaml_data_paths_resolve_beside_the_config_from_another_directory(tmp_path, monkeypatch):
+    """data paths resolve like reward files: beside the config first, then the working directory; built-in
+    names stay names; the run's config.yaml holds the absolute path."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    write(tmp_path / "cfg" / "rows.jsonl", "".join(json.dumps({"question": f"{a}+1?", "answer": str(a + 1)}) + "\n"
+                                                   for a in range(4)))
+    write(tmp_path / "elsewhere" / "rows.jsonl", '{"question": "decoy", "answer": "0"}\n')
+    write(tmp_path / "elsewhere" / "only_here.jsonl", '{"question": "1+1?", "answer": "2"}\n')
+    write(tmp_path / "cfg" / "run.yaml", "data: {train: [{path: rows.jsonl}]}\n"
+          "eval: {sets: [{path: only_here.jsonl}, {path: gsm8k, split: test}]}\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(tmp_path / "cfg" / "run.yaml")
+    assert [s.path for s in (*cfg.data.train, *cfg.eval.sets)] == [
+        str((tmp_path / "cfg" / "rows.jsonl").resolve()), str((tmp_path / "elsewhere" / "only_here.jsonl").resolve()),
+        "gsm8k"]
+    assert main(["train", str(tmp_path / "cfg" / "run.yaml"), "model.name_or_path=tiny-qwen2", "eval.sets=[]",
+                 *TINY_ARGS, "--no-progress"]) == 0
+    saved = load_config(tmp_path / "elsewhere" / "runs" / "run" / "config.yaml")
+    assert saved.data.train[0].path == str((tmp_path / "cfg" / "rows.jsonl").resolve())

@@ -1,8 +1,8 @@
 """Load-time checks of a run's prompts against its set-up, so a bad row stops the run before any work.
 
-* ``check_gold``: every prompt whose reward set has an accuracy term carries a gold answer (``answer``, or a
-  gold key in ``metadata`` such as ``target`` or ``boxes``), and names a reward set that exists. Without it
-  the verifier scores None on every completion and the prompt silently teaches nothing.
+* ``check_gold``: every prompt whose reward set has an accuracy term that reads gold carries a gold answer
+  (``answer``, or a gold key in ``metadata`` such as ``target`` or ``boxes``), and names a reward set that
+  exists. Without it the verifier scores None on every completion and the prompt silently teaches nothing.
 * ``check_prompt_lengths``: the prompt, rendered with the template and the chat template (images expanded
   to their tokens), fits ``rollout.max_prompt_tokens``; otherwise the engine would fail mid-run.
 
@@ -48,7 +48,10 @@ def _raise(problems: list[str], what: str) -> None:
 
 def check_gold(sources: Sequence[Source], default_terms: Sequence[RewardTerm],
                reward_sets: Mapping[str, Sequence[RewardTerm]], sample_size: int = 16) -> None:
-    """Every prompt's reward set exists, and a prompt scored by an accuracy term has a gold answer."""
+    """Every prompt's reward set exists, and a prompt scored by an accuracy term that can read a gold answer
+    (``rewards.custom.reads_gold``: not a batch reward declaring its columns without ``answer``) has one."""
+    from reinforced.rewards.custom import reads_gold  # local: importing rewards loads every built-in
+
     unknown: list[str] = []
     missing: list[str] = []
     for where, prompt in checked_prompts(sources, sample_size):
@@ -56,13 +59,14 @@ def check_gold(sources: Sequence[Source], default_terms: Sequence[RewardTerm],
             unknown.append(f"{where}: reward_set {prompt.reward_set!r}")
             continue
         terms = default_terms if prompt.reward_set is None else reward_sets[prompt.reward_set]
-        accuracy = [t.name for t in terms if t.accuracy]
+        accuracy = [t.name for t in terms if t.accuracy and reads_gold(t.name)]
         if accuracy and not has_gold(prompt):
             missing.append(f"{where}: {prompt.prompt_id!r} (scored by {', '.join(accuracy)})")
     _raise(unknown, f"name a reward set that is not defined (defined: {', '.join(sorted(reward_sets)) or 'none'};"
                     " add it under rewards.sets)")
     _raise(missing, "have no gold answer for their accuracy reward; give each an 'answer' "
-                    f"(or metadata {'/'.join(GOLD_METADATA_KEYS)}) or remove them")
+                    f"(or metadata {'/'.join(GOLD_METADATA_KEYS)}) or remove them (a batch reward that "
+                    "declares the columns it reads without 'answer' or **columns needs none)")
 
 
 def check_prompt_lengths(sources: Sequence[Source], num_tokens: Callable[[Prompt], int], max_tokens: int,

@@ -308,8 +308,8 @@ def prompts_from_dataset(data: Any, split: str = "train", columns: Mapping[str, 
                          name: str | None = None, limit: int | None = None, **options: Any) -> list[Prompt]:
     """Prompts from a Hugging Face ``datasets`` object or a data path.
 
-    ``data``: a ``datasets.Dataset`` (or ``IterableDataset``), a ``DatasetDict`` (``split`` picks one), or a path
-    ``load_file`` reads (``save_to_disk`` folders of either, hub-style parquet layouts, JSONL, CSV, ...).
+    ``data``: a ``datasets.Dataset`` (or ``IterableDataset``), a ``DatasetDict`` (``split`` picks one), a list of
+    dict rows, or a path ``load_file`` reads (``save_to_disk`` folders, hub-style parquet layouts, JSONL, CSV, ...).
     ``columns`` maps our fields to the data set's columns (``{"question": "query", "answer": "label"}``);
     otherwise the row layout is detected from ``prompt`` (TRL, a string or a conversation), ``messages``,
     ``problem`` or ``question``, and the gold from ``answer`` / ``solution`` / ``ground_truth``. Images may be
@@ -327,8 +327,10 @@ def prompts_from_dataset(data: Any, split: str = "train", columns: Mapping[str, 
         if split not in data:
             raise DataError(f"the DatasetDict has no split {split!r}; available splits: {', '.join(data) or 'none'}")
         data = data[split]
-    if not hasattr(data, "column_names") or not isinstance(data, Iterable):
-        raise DataError(f"expected a datasets.Dataset, DatasetDict or a data path, got {type(data).__name__}")
+    rows_given = isinstance(data, list) and all(isinstance(r, Mapping) for r in data)  # Trainer's dict rows
+    if not rows_given and (not hasattr(data, "column_names") or not isinstance(data, Iterable)):
+        raise DataError(f"expected a datasets.Dataset, DatasetDict, a list of dict rows or a data path, "
+                        f"got {type(data).__name__}")
     label = name or options.get("name") or _dataset_name(data, split)
     rows = ((i, dict(row)) for i, row in enumerate(data, start=1))
     return _parse_all(f"<{label}:{split}>", None, rows, label, limit, options)[0]

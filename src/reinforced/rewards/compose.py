@@ -20,7 +20,7 @@ leave the loss mask, and are left out of accuracy, pass rates and pass@k (``type
 
 User rewards (custom.py): a term's name may be a Python callable registered by ``Trainer`` or a reference
 ``file.py:function`` / ``module:function``; a batch-level one (TRL's ``f(completions, prompts, **columns)``)
-runs as one worker job per batch and parameter set.
+runs as one worker job per batch and parameter set, with the context parameters it declares as lists.
 
 Process rewards: each term's ``RewardResult.steps`` are scaled by the term's weight and returned in
 ``step_rewards`` (sorted by start); the trainer maps character spans to tokens (``steps.py``).
@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reinforced.rewards.base import NEEDS_ACCURACY, context_params, extract_answer
+from reinforced.rewards.base import CONTEXT_PARAMS, NEEDS_ACCURACY, context_params, extract_answer
 from reinforced.rewards.custom import BatchReward, check_term
 from reinforced.rewards.worker import BatchJob, Job, RewardWorker, check_result
 from reinforced.types import Prompt, RewardResult, RolloutGroup, StepScore, valid
@@ -146,10 +146,10 @@ class RewardComposer:
                  if getattr(j.fn, "batch", None) is None and not isinstance(j.fn, BatchReward)]
         units: list[Job | BatchJob] = [jobs[i] for i in plain]
         owners: list[Any] = list(plain)
-        for idx in _buckets(jobs, lambda j: isinstance(j.fn, BatchReward)):
+        for idx in _buckets(jobs, lambda j: isinstance(j.fn, BatchReward), per_sample=CONTEXT_PARAMS):
             first = jobs[idx[0]]
             units.append(BatchJob(first.fn, tuple(jobs[i].completion for i in idx),
-                                  tuple(jobs[i].prompt_index for i in idx), dict(first.params)))
+                                  tuple(jobs[i].prompt_index for i in idx), _batch_params(jobs, idx)))
             owners.append(idx)
         if self.worker is None:
             results = [u.run(prompts) for u in units]
@@ -253,13 +253,25 @@ class RewardComposer:
                             step_rewards=tuple(steps), reward_errors=errors, error_texts=tuple(texts))
 
 
-def _buckets(jobs: Sequence[Job], keep: Any) -> list[list[int]]:
-    """Indices of the jobs that ``keep`` selects, grouped by (reward, params): one batch call each."""
+def _buckets(jobs: Sequence[Job], keep: Any, per_sample: Sequence[str] = ()) -> list[list[int]]:
+    """Indices of the jobs that ``keep`` selects, grouped by (reward, params but the ``per_sample`` ones):
+    one batch call each."""
     buckets: dict[tuple[int, str], list[int]] = {}
     for i, j in enumerate(jobs):
         if keep(j):
-            buckets.setdefault((id(j.fn), repr(sorted(j.params.items()))), []).append(i)
+            shared = sorted((k, v) for k, v in j.params.items() if k not in per_sample)
+            buckets.setdefault((id(j.fn), repr(shared)), []).append(i)
     return list(buckets.values())
+
+
+def _batch_params(jobs: Sequence[Job], idx: Sequence[int]) -> dict[str, Any]:
+    """A batch call's params: the term's own, and each context parameter as a list over the batch's
+    completions (``correct=[1.0, 0.0, ...]``), as TRL passes per-completion values."""
+    params = dict(jobs[idx[0]].params)
+    for key in CONTEXT_PARAMS:
+        if key in params:
+            params[key] = [jobs[i].params[key] for i in idx]
+    return params
 
 
 def _run_batched(jobs: list[Job], prompts: list[Prompt], positions: list[int]) -> list[tuple[int, RewardResult]]:

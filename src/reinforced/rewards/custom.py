@@ -11,8 +11,21 @@ reference ``path/to/file.py:function`` / ``package.module:function`` (verl's and
   without that key gives None), plus the term's ``params`` as plain keywords. A function declares the
   columns it reads, or takes ``**kwargs``. None means "does not apply" (scores 0, not an error).
 * per-sample, like the built-ins: ``f(completion, prompt, **params)`` with ``prompt`` a ``types.Prompt``
-  (``.answer``, ``.metadata``, ...) returning a number, a bool, None or a ``RewardResult``; it may take the
-  context parameters of ``base.CONTEXT_PARAMS`` (``num_tokens``, ``correct``, ...).
+  (``.answer``, ``.metadata``, ...) returning a number, a bool, None or a ``RewardResult``.
+
+Either shape may declare the context parameters of ``base.CONTEXT_PARAMS`` (``num_tokens``, ``truncated``,
+``correct``, ``group_num_tokens``, ``group_correct``): a per-sample reward gets one value, a batch reward one
+list per parameter with an entry per completion (as TRL passes ``completion_ids``). Only declared ones are
+passed (``**kwargs`` does not ask for them), since ``correct`` makes the reward run after the accuracy terms.
+
+Gold answers (``reads_gold``): the load-time check that every row has a gold answer (data/checks.py) applies
+to an accuracy term that can read one: a built-in verifier, a per-sample user reward (it gets the whole
+``Prompt``), or a batch reward that takes ``answer`` or ``**columns``. A batch reward that declares only the
+columns it reads, without ``answer``, scores rows that have no gold.
+
+A callable given to ``Trainer`` is also saved by value in its run directory (``<run>/rewards/<name>.pkl``,
+``save_callable``); loading that run's config.yaml in another process (``reinforced eval RUN``, ``--resume``)
+restores it from there with a logged note (``restore_saved``), since its bare name means nothing elsewhere.
 
 Both run in the time-limited reward worker (worker.py); functions from the user's ``__main__``, a notebook
 or a file travel to it by value (cloudpickle), so no ``__main__`` guard and no registration is needed.
@@ -26,6 +39,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,8 +48,8 @@ from typing import Any
 
 import cloudpickle
 
-from reinforced.registry import did_you_mean
-from reinforced.rewards.base import REWARDS, validate_params
+from reinforced.registry import UnknownNameError, did_you_mean
+from reinforced.rewards.base import CONTEXT_PARAMS, REWARDS, validate_params
 from reinforced.rewards.worker import as_score
 from reinforced.types import Prompt, RewardResult
 
@@ -43,6 +57,8 @@ SHAPES = ("f(completions, prompts, **columns) -> list[float | None] (batch, TRL'
           "f(completion, prompt, **params) -> float | None (one sample)")
 _CALLABLES: dict[str, Callable[..., Any]] = {}
 _LOADED: dict[str, Callable[..., Any]] = {}  # reference -> adapted function (one object per file function)
+SAVED_DIR = "rewards"  # <run>/rewards/<name>.pkl: Trainer's callables, by value
+log = logging.getLogger(__name__)
 
 
 class RewardLoadError(ValueError):
@@ -55,6 +71,10 @@ class BatchReward:
 
     fn: Callable[..., Any]
     name: str
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:  # inspect.signature (base.context_params) sees the user's
+        return self.fn
 
     def __call__(self, completions: list[str], prompts: list[Prompt], **params: Any) -> list[RewardResult]:
         kwargs = {"completions": completions, "prompts": [p.question for p in prompts], **columns_of(prompts)}
@@ -206,7 +226,63 @@ def resolve_reward(name: str) -> Callable[..., Any]:
         if name not in _LOADED:
             _LOADED[name] = adapt(_load_reference(name), name)
         return _LOADED[name]
-    return REWARDS[name]  # raises: unknown reward, did you mean ...
+    try:
+        return REWARDS[name]
+    except UnknownNameError as err:
+        raise UnknownNameError(
+            f"{err}. A Python function given to Trainer is known only in the process that registered it, or "
+            f"through its run directory (<run>/{SAVED_DIR}/{name}.pkl, read when that run's config.yaml is "
+            f"loaded); elsewhere define it in a file and name the term 'my_rewards.py:{name}'") from None
+
+
+def reads_gold(name: str) -> bool:
+    """Whether reward ``name`` can read a row's gold answer (the load-time gold check applies to it): a
+    built-in or per-sample reward (it gets the whole ``Prompt``), or a batch reward taking ``answer`` or
+    ``**columns``; a batch reward that declares its columns without ``answer`` does not."""
+    fn = resolve_reward(name)
+    if not isinstance(fn, BatchReward):
+        return True
+    params = inspect.signature(fn.fn).parameters
+    return "answer" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def save_callable(name: str, folder: Path) -> Path:
+    """Pickle the callable registered as ``name`` by value into ``folder/<name>.pkl`` (a run's ``rewards/``).
+
+    Functions of the user's ``__main__`` are pickled by value by cloudpickle anyway; a function from a user
+    module outside site-packages is too, so the file does not depend on that module being importable later.
+    """
+    fn = _CALLABLES[name].fn  # type: ignore[attr-defined]
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    source = getattr(module, "__file__", None) or ""
+    if module is not None and module.__name__ != "__main__" and source and "site-packages" not in source \
+            and not module.__name__.startswith("reinforced"):
+        cloudpickle.register_pickle_by_value(module)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.pkl"
+    path.write_bytes(cloudpickle.dumps(fn))
+    return path
+
+
+def restore_saved(name: str, base_dirs: Sequence[Path]) -> Path | None:
+    """Register the callable saved as ``<base>/rewards/<name>.pkl`` when ``name`` is not known here (a run's
+    config.yaml loaded in a new process); the path it came from, or None (known already, or no such file)."""
+    if name in REWARDS or name in _CALLABLES or is_reference(name):
+        return None
+    for base in base_dirs:
+        path = Path(base) / SAVED_DIR / f"{name}.pkl"
+        if path.is_file():
+            try:
+                fn = cloudpickle.loads(path.read_bytes())
+            except Exception as err:  # another Python, or a module it referenced is gone
+                raise RewardLoadError(f"reward {name!r}: {path} cannot be unpickled ({type(err).__name__}: "
+                                      f"{err}); define the function in a file and name the term "
+                                      f"'my_rewards.py:{name}'") from None
+            register_callable(fn, name)
+            log.warning("reward %r: the Python function saved by Trainer in %s (its code as when the run "
+                        "started)", name, path)
+            return path
+    return None
 
 
 def _load_reference(name: str) -> Any:
@@ -255,6 +331,9 @@ def check_term(name: str, params: Mapping[str, Any]) -> Callable[..., Any]:
     if isinstance(fn, BatchReward):
         accepted = inspect.signature(fn.fn).parameters
         open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        reserved = [k for k in params if k in CONTEXT_PARAMS]
+        if reserved:
+            raise ValueError(f"reward {name!r}: {reserved[0]!r} is filled from the rollout; it is not a param")
         unknown = [k for k in params if not open_ended and k not in accepted]
         if unknown:
             raise ValueError(f"reward {name!r} has no parameter {unknown[0]!r}; valid: {', '.join(accepted)}")
