@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from reinforced.config import ConfigError, load_config
+from reinforced.config import ConfigError, RewardTerm, load_config
 from reinforced.rewards import RewardComposer
 from reinforced.rewards.custom import register_callable
 from reinforced.types import Completion, Prompt, RolloutGroup
@@ -145,3 +145,70 @@ def test_reward_file_runs_in_the_worker_without_being_reimported_per_batch(tmp_p
             [g], _stats = comp.score([group(["a", "b"])])
             assert g.rewards == (1.0, 1.0)
     assert marker.read_text() == "x"  # imported once, in this process; the worker got the function by value
+
+
+def test_a_batch_reward_gets_its_declared_context_params_as_lists_in_one_call():
+    """num_tokens / truncated / correct / group_* reach a batch reward as one list entry per completion (in the
+    batch's order), in one call; a reward with only **columns is not sent them; a param of that name is refused."""
+    calls = []
+
+    def ctx_exact(completions, answer):
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    def ctx_lists(completions, num_tokens, truncated, correct, group_num_tokens, group_correct):
+        calls.append((num_tokens, truncated, correct, group_num_tokens, group_correct))
+        return [n + 10 * c for n, c in zip(num_tokens, correct, strict=True)]
+
+    def ctx_open(completions, **columns):
+        calls.append(sorted(columns))
+        return [0.0] * len(completions)
+
+    for fn in (ctx_exact, ctx_lists, ctx_open):
+        register_callable(fn)
+    groups = [RolloutGroup(Prompt("a", "q?", answer="12"), (Completion("12", (1, 2, 3), (0.0,) * 3, "stop"),
+                                                            Completion("x", (1, 2), (0.0,) * 2, "stop"))),
+              RolloutGroup(Prompt("b", "q?", answer="7"), (Completion("7", (1,), (0.0,), "length"),
+                                                           Completion("no", (1, 2), (0.0,) * 2, "stop")))]
+    terms = [{"name": "ctx_exact", "accuracy": True}, {"name": "ctx_lists"}, {"name": "ctx_open"}]
+    with RewardComposer(terms, use_worker=False) as comp:
+        scored, stats = comp.score(groups)
+    assert calls[0] == ["answer", "answer_type", "choices", "prompt_id", "prompts", "task"]  # no context params
+    assert calls[1] == ([3, 2, 1, 2], [False, False, True, False], [1.0, 0.0, 1.0, 0.0],
+                        [(3, 2), (3, 2), (1, 2), (1, 2)], [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (1.0, 0.0)])
+    assert len(calls) == 2  # the context reward ran once, after the accuracy term
+    assert [g.components["ctx_lists"] for g in scored] == [(13.0, 2.0), (11.0, 2.0)]
+    assert [g.rewards for g in scored] == [(14.0, 2.0), (12.0, 2.0)] and stats["reward/errors"] == 0.0
+    with pytest.raises(ValueError, match="'num_tokens' is filled from the rollout"):
+        RewardComposer([{"name": "ctx_lists", "accuracy": True, "params": {"num_tokens": 3}}], use_worker=False)
+
+
+def test_only_accuracy_rewards_that_can_read_gold_need_it(tmp_path):
+    """A batch reward declaring its columns without `answer` scores rows without gold; one taking `answer` or
+    **columns, a per-sample reward or a built-in verifier needs gold in every row (a load-time error)."""
+    from reinforced.data import build_sampler
+    from reinforced.data.checks import check_gold
+    from reinforced.rewards.custom import reads_gold
+
+    def no_gold(completions, prompts):
+        return [1.0] * len(completions)
+
+    def with_gold(completions, answer):
+        return [1.0] * len(completions)
+
+    def open_columns(completions, **columns):
+        return [1.0] * len(completions)
+
+    def sample(completion, prompt):
+        return 1.0
+
+    for fn in (no_gold, with_gold, open_columns, sample):
+        register_callable(fn)
+    assert [reads_gold(n) for n in ("no_gold", "with_gold", "open_columns", "sample", "math_answer")] == [
+        False, True, True, True, True]
+    (tmp_path / "rows.jsonl").write_text('{"question": "say hi"}\n{"question": "say ho", "answer": "ho"}\n')
+    cfg = load_config(None, [f"data.train=[{{path: {tmp_path / 'rows.jsonl'}}}]"])
+    sources = build_sampler(cfg.data, 0).sources
+    check_gold(sources, [RewardTerm(name="no_gold", accuracy=True), RewardTerm(name="sample")], {})
+    for name in ("with_gold", "open_columns", "sample", "math_answer"):
+        with pytest.raises(ValueError, match=rf"1 row\(s\) have no gold answer.*rows.jsonl:1: .*scored by {name}"):
+            check_gold(sources, [RewardTerm(name=name, accuracy=True)], {})
