@@ -1,6 +1,8 @@
 """Two gloo processes on the same global batch give the same parameters after 3 updates as one process, for
 ddp and fsdp2: the real ``prepare`` (advantages, global whitening) and ``Updater`` (combined normaliser,
-gradient sum, clipping, AdamW) on rollout groups generated once and split by whole groups between ranks."""
+gradient sum, clipping, AdamW) on rollout groups generated once and split by whole groups between ranks.
+The text model is tiny-qwen2; the vision-language case is the shipped tiny Qwen2-VL (reinforced-tiny-vlm) on
+rendered images, whose vision blocks FSDP2 shards as well (checked)."""
 
 import os
 import socket
@@ -10,12 +12,19 @@ import torch
 import torch.multiprocessing as mp
 
 from reinforced.config import load_config
+from reinforced.training.distributed import _is_dtensor
+
+VISION_BLOCK_PARAM = "model.visual.blocks.0.attn.qkv.weight"
 
 BASE = [
-    "data.train=[{task: arithmetic}]", "data.template=plain", "rollout.group_size=4", "rollout.max_new_tokens=8",
+    "data.template=plain", "rollout.group_size=4", "rollout.max_new_tokens=8",
     "training.num_prompts=4", "training.micro_batch_size=3", "training.lr=0.01", "training.tensorboard=false",
-    "rewards.sets={arithmetic: [{name: math_answer, accuracy: true}, {name: kimi_length}]}", "run.num_threads=1", "model.name_or_path=tiny-qwen2",
+    "run.num_threads=1",
 ]
+TEXT = ["model.name_or_path=tiny-qwen2", "data.train=[{task: arithmetic}]",
+        "rewards.sets={arithmetic: [{name: math_answer, accuracy: true}, {name: kimi_length}]}"]
+VLM = ["model.name_or_path=reinforced-tiny-vlm", "data.train=[{task: count_shapes}]",
+       "rewards.sets={count_shapes: [{name: count, accuracy: true, params: {partial: true}}, {name: kimi_length}]}"]
 
 
 def _config(tmp, name, *extra):
@@ -41,6 +50,8 @@ def _worker(rank, world, port, tmp, strategy, extra, groups_path, out_path):
     run = setup(_config(tmp, f"dp-{strategy}", f"training.strategy={strategy}", *extra))
     groups = torch.load(groups_path, weights_only=False)
     share = len(groups) // world
+    if "model.name_or_path=reinforced-tiny-vlm" in extra:  # the vision tower's blocks are sharded too
+        assert _is_dtensor(run.policy.model.get_parameter(VISION_BLOCK_PARAM)), "vision blocks not sharded"
     _updates(run, groups[rank * share:(rank + 1) * share])
     params = _full_params(run)
     if rank == 0:
@@ -54,8 +65,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-@pytest.mark.parametrize("extra", [[], ["algorithm.preset=reinforce_pp"]], ids=["grpo", "reinforce_pp"])
+CASES = [
+    pytest.param("ddp", TEXT, id="grpo-ddp"), pytest.param("fsdp2", TEXT, id="grpo-fsdp2"),
+    pytest.param("ddp", [*TEXT, "algorithm.preset=reinforce_pp"], id="reinforce_pp-ddp"),
+    pytest.param("fsdp2", [*TEXT, "algorithm.preset=reinforce_pp"], id="reinforce_pp-fsdp2"),
+    pytest.param("fsdp2", VLM, id="vlm-grpo-fsdp2"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "extra"), CASES)
 def test_two_ranks_match_one(tmp_path, strategy, extra):
     from reinforced.training.loop import collect
     from reinforced.training.setup import setup
