@@ -79,7 +79,8 @@ class DataSource(Section):
     """Name used in metrics (``eval/<name>/accuracy``); default: the task name or the file's set name."""
     path: str | None = None
     """A data file (JSONL, CSV, parquet, arrow), a folder holding the split (``<split>.jsonl``, a ``datasets``
-    ``save_to_disk`` folder, hub-style ``data/<split>-00000-of-0000N.parquet``), or a built-in set name."""
+    ``save_to_disk`` folder, hub-style ``data/<split>-00000-of-0000N.parquet``), or a built-in set name. A
+    relative path resolves beside the config file first, then in the working directory (``load_config``)."""
     task: str | None = None
     """A procedural task name instead of a file (``reinforced list tasks``)."""
     split: str = "train"
@@ -202,7 +203,8 @@ class RolloutConfig(Section):
 
 class RewardTerm(Section):
     name: str
-    """A reward in the registry (``reinforced list rewards``), a Python callable given to ``Trainer``, or
+    """A reward in the registry (``reinforced list rewards``), a Python callable given to ``Trainer`` (saved by
+    value in ``<run>/rewards/<name>.pkl``, restored when the run's config.yaml is loaded), or
     ``path/to/file.py:function`` (relative to the config file's folder, then the working directory) or
     ``package.module:function``: ``f(completions, prompts, **columns) -> list[float | None]`` or
     ``f(completion, prompt, **params) -> float | None`` (see ``rewards/custom.py``)."""
