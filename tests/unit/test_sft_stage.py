@@ -86,7 +86,7 @@ def _gradients(micro_batch_size: int, examples: list[SFTExample], adapter: Adapt
     return grads
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_micro_batches_share_one_normaliser(tiny_vlm: Adapter) -> None:
     rng = random.Random(0)
     prompts = [TASKS["count_shapes"].sample(rng) for _ in range(3)]
