@@ -6,6 +6,9 @@ checkpoint equals the one an uninterrupted single-process run wrote at the same 
     steps 3-4: one process, fit(..., resume=True)                (single save -> fsdp2 load)
     steps 5-6: torchrun, 2 processes, training.strategy=fsdp2    (fsdp2 save: weights and gathered AdamW state)
 
+Evaluation before (2 ranks, ddp) and after (2 ranks, fsdp2) training is split between the ranks and gathered;
+its metrics equal the single process's.
+
 The math allows equality because rollouts do not depend on how prompts are split between ranks:
 ``rollout.top_k=1`` decodes greedily (the sampling RNG draws from a point mass), and the reward depends on
 the prompt only (a file reward), so REINFORCE++'s batch-wide whitening still gives non-zero advantages; the
@@ -21,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -39,6 +43,7 @@ ARGS = [
     "training.micro_batch_size=3", "training.lr=0.01", "training.report_to=[]", "run.num_threads=1",
     "algorithm.preset=reinforce_pp", "training.checkpoint_every=2", "training.keep_checkpoints=3",
     "rewards.sets={arithmetic: [{name: reward.py:by_prompt, accuracy: true}]}",
+    "eval.sets=[{task: arithmetic, limit: 5}]",  # 5 prompts: uneven shares (3 + 2) when 2 ranks evaluate
 ]
 
 
@@ -99,4 +104,11 @@ def test_resume_across_world_sizes_matches_one_process(tmp_path, monkeypatch):
                 assert float(got_opt[i][k]) == float(v), f"optimizer {i}.{k}"  # the step count
     rows = [json.loads(x) for x in (tmp_path / "chain" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]  # each step logged once
+    # evaluation split between the ranks (ddp before training, fsdp2 after) and gathered = one process's
+    evals = {name: {r["step"]: r for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+                    if "eval/arithmetic/accuracy" in r} for name in ("one", "chain")}
+    for step in (0, 6):
+        want_eval = {k: v for k, v in evals["one"][step].items() if k.startswith("eval/")}
+        assert {k: evals["chain"][step][k] for k in want_eval} == pytest.approx(want_eval, abs=1e-9), step
+    assert 0 < evals["one"][0]["eval/arithmetic/accuracy"] < 1  # partial scores: a lost prompt would show
     assert (tmp_path / "chain" / "export" / "model.safetensors").exists()

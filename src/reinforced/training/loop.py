@@ -47,7 +47,7 @@ from reinforced.algorithms import (
 )
 from reinforced.algorithms.advantages import batch_sums
 from reinforced.config import Config
-from reinforced.evaluation.metrics import eval_sampling, evaluate
+from reinforced.evaluation.metrics import eval_sampling, evaluate, summarize
 from reinforced.tracking.progress import Progress
 from reinforced.tracking.report import plot_run
 from reinforced.tracking.sinks import MetricsWriter, sample_notes, write_samples
@@ -123,7 +123,7 @@ def train(run: Run, stop: dict[str, int], show_progress: bool,
     and True ends the run at that step."""
     cfg = run.cfg
     fresh = "before" not in run.history  # no checkpoint: the history starts afresh
-    main = run.strategy.is_main  # rank 0 logs, writes samples and plots; every rank trains and evaluates
+    main = run.strategy.is_main  # rank 0 logs, writes samples and plots; every rank trains and evaluates its share
     writer = MetricsWriter(run.run_dir, cfg.training.report_to, resume_step=-1 if fresh else run.start_step,
                            config=cfg) if main else _Silent()
     if fresh:
@@ -400,14 +400,31 @@ def trainer_old_logprobs(run: Run, batch: TrainBatch) -> tuple[TrainBatch, dict[
     return batch, stats
 
 
+def _light(group: RolloutGroup) -> RolloutGroup:
+    """A scored group without its images and encoded inputs (what ``summarize`` reads, cheap to gather)."""
+    return replace(group, prompt=replace(group.prompt, images=(), messages=()), prompt_ids=(), vision=None)
+
+
 def run_eval(run: Run, step: int) -> dict[str, float]:
-    """Held-out metrics (greedy by default) on every eval set; {} when none is configured."""
+    """Held-out metrics (greedy by default) on every eval set; {} when none is configured. Under data
+    parallelism the prompts are split between ranks (every W-th) and the scored groups gathered, so every
+    rank gets the metrics of the whole set (staged curricula advance on them in step)."""
     if not run.eval_sets:
         return {}
     e, r = run.cfg.eval, run.cfg.rollout
     params = eval_sampling(e.temperature, e.num_samples, e.max_new_tokens or r.max_new_tokens, r.stop,
                            seed=run.cfg.run.seed + 7919 * step)
-    metrics, _ = evaluate(run.engine, run.rewards, run.eval_sets, params)
+    strategy = run.strategy
+    if strategy.world_size == 1:
+        metrics, _ = evaluate(run.engine, run.rewards, run.eval_sets, params)
+    else:  # each rank rolls out every W-th prompt; the scored groups are gathered back into set order
+        shards = {name: prompts[strategy.rank :: strategy.world_size] for name, prompts in run.eval_sets.items()}
+        _, scored = evaluate(run.engine, run.rewards, shards, params)
+        parts = strategy.gather({name: [_light(g) for g in groups] for name, groups in scored.items()})
+        metrics = {}
+        for name, prompts in run.eval_sets.items():
+            ordered = [parts[i % strategy.world_size][name][i // strategy.world_size] for i in range(len(prompts))]
+            metrics.update(summarize(ordered, f"eval/{name}"))
     for name in run.eval_sets:  # staged curricula may advance on held-out accuracy
         run.sampler.observe_eval(name, metrics[f"eval/{name}/accuracy"], step)
     return metrics
