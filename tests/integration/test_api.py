@@ -242,7 +242,7 @@ def test_trainer_with_a_loaded_model_records_its_source_and_rows_without_gold(tm
 
     def short_if_right(completions, correct, num_tokens):
         assert isinstance(correct, list) and len(correct) == len(num_tokens) == len(completions) == 4  # one call
-        return [c * (1 - n / 100) for c, n in zip(correct, num_tokens)]
+        return [c * (1 - n / 100) for c, n in zip(correct, num_tokens, strict=True)]
 
     rows = [{"question": f"Say a number bigger than {a}."} for a in range(4)]  # no gold anywhere
     result = reinforced.Trainer(model=loaded.model, processing_class=loaded.tokenizer,
