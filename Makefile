@@ -24,7 +24,8 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15 --ignore=tests/distributed
 
-# Data-parallel training (ddp, fsdp2) in 2 gloo processes of 1 thread each (about 2 minutes).
+# Data-parallel training (ddp, fsdp2) in 2 gloo processes of 1 thread each: equivalence (text, VLM) and the
+# torchrun resume chain across world sizes (about 4-5 minutes on 2 cores).
 test-distributed: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -x --durations=5 tests/distributed
 
