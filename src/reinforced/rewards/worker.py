@@ -196,7 +196,9 @@ class RewardWorker:
         self.timeout_s = timeout_s
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(["reinforced.rewards"])
+            # Math-Verify (SymPy, ANTLR) takes seconds to import: preloaded once in the fork server, so a
+            # respawned child (after a time-out) is a cheap fork and its first job is not charged for imports.
+            self._ctx.set_forkserver_preload(["reinforced.rewards", "math_verify"])
         self._proc: Any = None
         self._conn: Any = None
         self.restarts = 0
