@@ -7,6 +7,7 @@ import pytest
 from reinforced.algorithms import resolve_spec
 from reinforced.algorithms.filters import BatchNotFilled
 from reinforced.config import load_config
+from reinforced.training.distributed import Strategy
 from reinforced.training.loop import collect
 from reinforced.types import Completion, Prompt, RolloutGroup
 
@@ -24,6 +25,9 @@ class Sampler:
 
     def stats(self):
         return {}
+
+    def join_round(self):  # one process: no other rank is ever still drawing
+        return False
 
 
 class Engine:
@@ -48,7 +52,7 @@ def make_run(preset, overrides=()):
     cfg = load_config(None, ["rollout.group_size=4", "training.num_prompts=3", *overrides])
     spec = resolve_spec(cfg.algorithm.preset if preset is None else preset, cfg.algorithm.overrides)
     return SimpleNamespace(cfg=cfg, spec=spec, sampler=Sampler(), engine=Engine(), rewards=Rewards(),
-                           run_dir="runs/x")
+                           run_dir="runs/x", strategy=Strategy())  # one process
 
 
 def test_dynamic_sampling_fills_the_batch_with_informative_groups():
