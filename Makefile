@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install lint bench browser clean test-vllm
+.PHONY: quickstart test install lint bench bench-scaling browser clean test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,9 +53,16 @@ test-vllm: $(VLLM_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 
+# Against TRL (SmolLM2-135M, beta 0 and 0.04; tiny VLM) and HF generate; raw rows in bench/results_*.jsonl.
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[bench]" $(TORCH)
 	$(PY) bench/compare_trl.py --bf16
+	$(PY) bench/compare_trl.py --bf16 --model reinforced-tiny-vlm --task count_shapes --template plain --max-new-tokens 16 --betas 0 --steps 6
+	$(PY) bench/rollout_vs_generate.py
+
+# Step time and peak RSS against G (4, 8, 16) and max_new_tokens (64, 256, 1024): long.
+bench-scaling: $(STAMP)
+	$(PY) bench/scaling.py
 
 # Headless Chromium (Debian's package) for the HTML report's browser test; CI runs as root.
 browser:

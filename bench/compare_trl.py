@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def peak_rss_gib() -> float:
@@ -37,7 +38,7 @@ def reinforced_overrides(a: argparse.Namespace, out: str) -> list[str]:
         f"training.num_prompts={a.num_prompts}", f"training.micro_batch_size={a.micro_batch_size}",
         f"training.max_steps={a.steps}", f"algorithm.kl.coef={a.beta}", "training.tensorboard=false",
         f"training.autocast={'bf16' if a.bf16 else 'none'}", f"run.output_dir={out}", "run.name=bench",
-        "training.samples_per_step=0", "training.lr=1e-6",
+        "training.samples_per_step=0", "training.lr=1e-6", *a.set,
     ]
 
 
@@ -148,6 +149,8 @@ def main() -> None:
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.04])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     p.add_argument("--impls", nargs="+", default=["trl", "reinforced"])
+    p.add_argument("--set", nargs="*", default=[], help="extra reinforced overrides (key=value), e.g. "
+                   "training.gradient_checkpointing=true")
     p.add_argument("--side", choices=["trl", "reinforced"], help=argparse.SUPPRESS)
     p.add_argument("--beta", type=float, default=0.0, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -162,9 +165,12 @@ def main() -> None:
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{impl} run failed (beta={beta})")
-            row = {**json.loads(out.stdout.strip().splitlines()[-1]), "beta": beta}
+            row = {**json.loads(out.stdout.strip().splitlines()[-1]), "beta": beta, "model": a.model,
+                   "overrides": a.set if impl == "reinforced" else []}
             results.append(row)
             print(json.dumps(row), flush=True)
+            with open(Path(__file__).with_name("results_compare_trl.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
     print(f"\n{'beta':>5} {'impl':>11} {'s/step':>8} {'rollout tok/s':>14} {'peak RSS GiB':>13}")
     for r in results:
         tps = r.get("rollout_tokens_per_s")
@@ -178,6 +184,12 @@ def main() -> None:
                   f"(breakdown s: rollout {by['reinforced']['rollout_s']:.2f}, reward "
                   f"{by['reinforced']['reward_s']:.2f}, ref/critic forward {by['reinforced']['prepare_s']:.2f}, "
                   f"update {by['reinforced']['update_s']:.2f})")
+    trl, ours = ([r for r in results if r["impl"] == impl] for impl in ("trl", "reinforced"))
+    if trl and ours:  # the targets: against TRL's best configuration, memory against TRL's in the same run
+        best_trl, best_ours = min(r["step_s"] for r in trl), min(r["step_s"] for r in ours)
+        rss_trl, rss_ours = min(r["peak_rss_gib"] for r in trl), max(r["peak_rss_gib"] for r in ours)
+        print(f"best: reinforced {best_ours:.2f} s/step vs TRL {best_trl:.2f} ({best_trl / best_ours:.2f}x); "
+              f"peak RSS {rss_ours:.2f} GiB (largest) vs TRL {rss_trl:.2f} (smallest): {rss_ours / rss_trl:.2f}")
 
 
 if __name__ == "__main__":

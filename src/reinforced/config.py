@@ -265,6 +265,10 @@ class TrainingConfig(Section):
     fused_logprobs: bool = True
     """Apply the LM head in token chunks fused with the logprob/entropy (no [tokens, vocab] logits of the
     micro-batch; same numbers); false: the model's full logits (also used where the head is not fusable)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward instead of keeping them (Hugging Face's
+    non-reentrant checkpointing): activation memory of a micro-batch drops from all layers to about one,
+    for one extra forward; the training forward then runs the prompt once per row (no shared prefix)."""
     strategy: Literal["single", "ddp", "fsdp2"] = "single"
     """Data parallelism under ``torchrun``: ``single`` (one process), ``ddp`` (replicated weights, gradients
     summed once per optimiser step) or ``fsdp2`` (``fully_shard`` per decoder layer + root).

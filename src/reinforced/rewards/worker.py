@@ -147,6 +147,7 @@ def _show(value: Any) -> str:
 
 def _serve(conn: Any) -> None:
     """Child loop: receive (prompts, jobs), send back (index, result) per job, in order."""
+    _one_thread()
     conn.send("ready")
     while True:
         try:
@@ -159,6 +160,18 @@ def _serve(conn: Any) -> None:
         prompts, jobs, offset = message
         for i, job in enumerate(jobs):
             conn.send((offset + i, job.run(prompts)))
+
+
+def _one_thread() -> None:
+    """The worker computes between rollout and update, never during either, but it must not size thread pools
+    for the whole machine: one torch / OpenMP thread (also for the processes its rewards start)."""
+    import os
+
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    torch.set_num_threads(1)
 
 
 @contextlib.contextmanager

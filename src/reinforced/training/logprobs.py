@@ -114,7 +114,7 @@ def completion_forward(
     # FSDP2 (``reshard`` on the module): one forward per backward, or the second forward's gradients miss the
     # reduce-scatter of the first; the full teacher-forced forward gives the same numbers
     share = (share_prefix and len(unique) < batch.num_samples and _accepts_logits_to_keep(model)
-             and not hasattr(model, "reshard"))
+             and not hasattr(model, "reshard") and not _checkpointing(model))
     head = fusable_head(model) if fused else None
     if head is not None:
         hidden = trunk_hidden(model, adapter, batch, inverse if share else None)  # [n, T, H]
@@ -129,6 +129,17 @@ def completion_forward(
     if entropy is not None:
         entropy = entropy.masked_fill(~real, 0.0)
     return logprobs, entropy, hidden
+
+
+def _checkpointing(model: Any) -> bool:
+    """Whether this forward recomputes its layers in the backward (``training.gradient_checkpointing``):
+    Hugging Face's checkpointed layers then drop the KV cache the shared prefix is built on."""
+    if not (model.training and torch.is_grad_enabled()):
+        return False
+    base = getattr(model, "get_base_model", lambda: model)()  # a PEFT wrapper: the model it wraps
+    name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"  # transformers < 5.x
+    return bool(getattr(base, name, False))
 
 
 def fusable_head(model: Any) -> torch.nn.Linear | None:

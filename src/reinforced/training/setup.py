@@ -30,7 +30,7 @@ from reinforced.rollout import build_engine
 from reinforced.training import checkpoint as ckpt
 from reinforced.training.distributed import Strategy, build_strategy
 from reinforced.training.logprobs import completion_forward, completion_logprobs
-from reinforced.training.step import Updater, build_optimizer
+from reinforced.training.step import Updater, build_optimizer, enable_gradient_checkpointing
 from reinforced.training.value import ValueHead, ValueModel, completion_values
 from reinforced.types import TrainBatch
 
@@ -214,6 +214,8 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
     device = resolve_device(cfg.run.device)
     policy = load_policy(cfg.model)
     policy.model.to(device)
+    if cfg.training.gradient_checkpointing:
+        enable_gradient_checkpointing(policy.model)
     rollout_model = strategy.rollout_model(policy.model)  # FSDP2: a full copy, taken before sharding
     # LoRA: the reference is the policy with its adapter disabled (Run.reference_model), not a second copy
     reference = load_reference(policy) if spec.needs_reference and policy.peft is None else None

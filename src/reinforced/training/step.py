@@ -50,6 +50,23 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer in the backward (``training.gradient_checkpointing``): the saved
+    activations of a micro-batch shrink from every layer's to the layer inputs, for one extra forward.
+
+    Hugging Face's non-reentrant checkpointing (``torch.utils.checkpoint``), which keeps the RNG state, so
+    dropout masks and gradients equal those without it (tests/unit/test_performance_options.py).
+    """
+    base = getattr(model, "get_base_model", lambda: model)()  # a PEFT wrapper: the model it wraps
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"training.gradient_checkpointing=true: {type(base).__name__} does not support "
+                         "gradient checkpointing; set it to false")
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def autocast(mode: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
     """bf16 autocast on ``device`` (on CPUs with AVX512-BF16 about 3x faster matmuls), or nothing."""
     if mode == "bf16":

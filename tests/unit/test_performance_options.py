@@ -1,0 +1,118 @@
+"""Performance options change memory and time, never the numbers: gradient checkpointing gives the same
+logprobs and gradients as the plain forward (fp32), through the training forward the updater uses, for a
+text model and a VLM; the config switch reaches the model; a model without support is a clear error. The
+reward worker runs with one thread whatever the trainer's environment says."""
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import pytest
+import torch
+
+from reinforced.config import ModelConfig, load_config
+from reinforced.models import Adapter, load_policy, vision
+from reinforced.models.tiny_vlm import build_tiny_vlm
+from reinforced.training.batch import collate_groups
+from reinforced.training.logprobs import completion_logprobs
+from reinforced.training.step import enable_gradient_checkpointing
+from reinforced.types import Completion, Prompt, RolloutGroup
+
+
+def make_batch(adapter, prompts, texts=("<think>4", "12 circles</think>", "7")):
+    """G=3 completions per prompt, one collated batch (per-sample vision inputs for a VLM)."""
+    groups = []
+    for p in prompts:
+        enc = adapter.encode(p)
+        ids = [adapter.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        comps = tuple(Completion(t, tuple(i), (0.0,) * len(i), "stop") for t, i in zip(texts, ids, strict=True))
+        groups.append(RolloutGroup(p, comps, prompt_ids=tuple(enc.input_ids), vision=enc.vision))
+    batch = collate_groups(groups, adapter.pad_token_id)
+    per_sample = tuple(v for gr in groups for v in vision.expand_vision(gr.vision, gr.group_size))
+    return replace(batch, vision=per_sample if any(v is not None for v in per_sample) else ())
+
+
+def grads(model, adapter, batch):
+    model.zero_grad()
+    lp, ent = completion_logprobs(model, adapter, batch, temperature=0.7, with_entropy=True, entropy_grad=True)
+    (lp.sum() + 0.1 * ent.sum()).backward()
+    return lp.detach(), [(n, p.grad.clone()) for n, p in model.named_parameters() if p.grad is not None]
+
+
+def assert_checkpointing_equal(model, adapter, batch):
+    model.train()
+    plain_lp, plain = grads(model, adapter, batch)
+    enable_gradient_checkpointing(model)
+    assert model.is_activation_checkpointing
+    ckpt_lp, ckpt = grads(model, adapter, batch)
+    torch.testing.assert_close(ckpt_lp, plain_lp, rtol=0, atol=1e-6)
+    assert [n for n, _ in ckpt] == [n for n, _ in plain]
+    for (name, a), (_, b) in zip(ckpt, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def prompts():
+    return [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27? Explain each step.")]
+
+
+def test_gradient_checkpointing_text_equal_gradients():
+    torch.manual_seed(0)
+    loaded = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
+    adapter = Adapter(loaded, "plain")
+    assert_checkpointing_equal(loaded.model, adapter, make_batch(adapter, prompts()))
+
+
+def test_gradient_checkpointing_vlm_equal_gradients(tmp_path):
+    from PIL import Image
+
+    build_tiny_vlm("qwen2_vl", tmp_path, seed=0)
+    loaded = load_policy(ModelConfig(name_or_path=str(tmp_path)))
+    adapter = Adapter(loaded, "plain")
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    batch = make_batch(adapter, [Prompt("a", "<image> How many?", images=(image,)),
+                                 Prompt("b", "Count them: <image>", images=(image,))])
+    assert_checkpointing_equal(loaded.model, adapter, batch)
+
+
+def test_gradient_checkpointing_config_reaches_the_model(tmp_path):
+    from reinforced.training.setup import setup
+
+    cfg = load_config(None, ["model.name_or_path=tiny-qwen2", "training.gradient_checkpointing=true",
+                             f"run.output_dir={tmp_path}", "eval.sets=[]", "training.report_to=[]"])
+    run = setup(cfg, resume=False)
+    try:
+        assert run.policy.model.is_activation_checkpointing
+    finally:
+        run.rewards.close()
+        run.release()
+
+
+def test_gradient_checkpointing_unsupported_model_is_an_error():
+    with pytest.raises(ValueError, match="does not support gradient checkpointing"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+WORKER_THREADS = textwrap.dedent("""
+    import os, torch
+    from reinforced.rewards import RewardComposer
+    from reinforced.rewards.custom import register_callable
+    from reinforced.types import Completion, Prompt, RolloutGroup
+
+    def worker_threads(completion, prompt):
+        return float(torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1")
+
+    register_callable(worker_threads)
+    group = RolloutGroup(Prompt("q", "Hi"), (Completion("x", (1,), (0.0,), "stop"),))
+    with RewardComposer([{"name": "worker_threads"}], timeout_s=60.0) as comp:
+        [g], _ = comp.score([group])
+    print(torch.get_num_threads(), g.rewards[0])
+""")
+
+
+def test_reward_worker_runs_one_thread_when_the_trainer_has_more():
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", WORKER_THREADS], env={**env, "OMP_NUM_THREADS": "2"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "1.0"]  # the trainer keeps its 2 threads, the worker has 1
