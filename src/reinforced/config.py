@@ -442,6 +442,11 @@ class Config(Section):
             raise ValueError(f"model.lora.quantization={lora.quantization} with training.autocast=bf16: the "
                              "rollout's bf16 weight copy would dequantize the base; QLoRA already computes in "
                              "bf16, so set training.autocast=none")
+        if lora is not None and self.training.strategy == "fsdp2":
+            # PEFT's adapter save and the engine's merged-weight sync read whole tensors; under FSDP2 they are
+            # DTensor shards. Adapters are small: data parallelism with full copies costs little.
+            raise ValueError("model.lora with training.strategy=fsdp2 is not supported: LoRA adapters are saved "
+                             "and synced as whole tensors; use training.strategy=ddp")
         return self
 
     def to_dict(self) -> dict[str, Any]:

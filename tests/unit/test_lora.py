@@ -160,3 +160,10 @@ def test_qlora_is_refused_without_a_gpu(bits):
     cfg = load_config(None, ["model.name_or_path=tiny-qwen2", f"model.lora={{r: 4, quantization: {bits}}}"])
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         load_policy(cfg.model)
+
+
+def test_lora_with_fsdp2_is_a_clear_error():
+    from reinforced.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="fsdp2 is not supported"):
+        load_config(None, ["model.name_or_path=tiny-qwen2", "model.lora.r=4", "training.strategy=fsdp2"])
