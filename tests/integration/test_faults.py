@@ -79,7 +79,8 @@ def test_resume_equals_uninterrupted_for_every_family(tmp_path, family):
 
 def start_trainer(tmp_path, name, *extra):
     cfg_file = tmp_path / f"{name}.yaml"
-    cfg_file.write_text(config(tmp_path, name, *extra).to_yaml())
+    # A generous reward limit: on a loaded machine a timed-out reward would add a warning line to stderr.
+    cfg_file.write_text(config(tmp_path, name, "rewards.timeout_s=60", *extra).to_yaml())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([str(Path(sys.executable).with_name("reinforced")), "train", str(cfg_file),
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
