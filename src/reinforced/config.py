@@ -374,6 +374,27 @@ class AdvanceRule(Section):
         return self
 
 
+class BudgetRule(Section):
+    """Skywork R1V's adaptive thinking budget (arXiv 2504.05599, sec. 3.2): later stages' length budget set from
+    the measured length of this stage's correct samples, ``clamp(ceil(factor * quantile), min_tokens, max_tokens)``
+    (``training/pipeline.py``'s ``adaptive_budget``)."""
+
+    quantile: float = Field(0.9, gt=0, le=1)
+    """Which quantile of the correct samples' lengths (tokens) is measured (0.9: their p90)."""
+    factor: float = Field(1.5, gt=0)
+    """The budget is this multiple of the measured quantile."""
+    min_tokens: int = Field(8, ge=1)
+    """Lower bound of the budget (and the budget when no sample was correct: see ``max_tokens``)."""
+    max_tokens: int = Field(1024, ge=1)
+    """Upper bound of the budget."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BudgetRule:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"next_budget: min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}")
+        return self
+
+
 STAGE_SECTIONS = ("data", "eval", "rollout", "rewards", "algorithm", "training", "sft", "generate")
 """The sections a stage may override; ``run`` and ``model`` are the pipeline's (weights pass between stages)."""
 
@@ -388,6 +409,9 @@ class StageConfig(Section):
     """Label in metrics and the stage's folder ``stages/<i>-<name>/`` (default: the kind)."""
     advance: AdvanceRule | None = None
     """When the stage ends (None: after the stage's ``training.max_steps``)."""
+    next_budget: BudgetRule | None = None
+    """Set ``rollout.max_new_tokens`` of every later stage that does not set it itself from the length of this
+    stage's correct samples (a stage kind that samples: ``generate``, ``filter``)."""
     data: dict[str, Any] | None = None
     """Overrides of ``data`` (a source ``{from_stage: k}`` reads the rows stage k wrote)."""
     eval: dict[str, Any] | None = None
@@ -721,9 +745,18 @@ def resolve_reward_files(tree: dict[str, Any], base_dirs: Sequence[Path]) -> Non
 def resolve_data_paths(tree: dict[str, Any], base_dirs: Sequence[Path]) -> None:
     """Make the relative ``path`` of each ``data.train`` / ``eval.sets`` source absolute, resolved like reward
     files: beside the config file first, then the working directory. A path found in neither stays as
-    written: a built-in set name (``gsm8k``), or a missing path the loader reports with the built-in names."""
-    data, evals = tree.get("data"), tree.get("eval")
-    groups = [data.get("train") if isinstance(data, dict) else None, evals.get("sets") if isinstance(evals, dict) else None]
+    written: a built-in set name (``gsm8k``), or a missing path the loader reports with the built-in names.
+    The same holds for ``generate.replay`` and for each stage's ``data`` / ``eval`` / ``generate`` overrides."""
+    stages = tree.get("stages")
+    for node in [tree, *(s for s in (stages if isinstance(stages, list) else []) if isinstance(s, dict))]:
+        _resolve_source_paths(node, base_dirs)
+
+
+def _resolve_source_paths(node: Mapping[str, Any], base_dirs: Sequence[Path]) -> None:
+    """The data paths of one config level (the base config or one stage's overrides)."""
+    data, evals, gen = (node.get(k) for k in ("data", "eval", "generate"))
+    groups = [data.get("train") if isinstance(data, dict) else None, evals.get("sets") if isinstance(evals, dict) else None,
+              gen.get("replay") if isinstance(gen, dict) else None]
     for sources in groups:
         for source in sources if isinstance(sources, list | tuple) else ():
             if isinstance(source, dict) and isinstance(source.get("path"), str):

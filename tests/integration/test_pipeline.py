@@ -135,23 +135,75 @@ def test_reinforced_sft_alone(tmp_path, capsys) -> None:
     assert "0. cold_start [sft] 30 steps" in out and "G=16" in out and "max_new_tokens=48" in out
 
 
+GEN = "generate.num_prompts=4", "generate.num_samples=2"  # rejection sampling / filter stages: 8 samples
+EVAL = "eval.max_prompts=4"
 RECIPES = {
     "vision_r1": ["eval.sets=[{task: count_shapes, params: {difficulty: 0.6}, limit: 4}]",  # 16 samples per step:
                   *(f"stages.{i}.training.num_prompts={n}" for i, n in ((0, 8), (1, 1), (2, 2), (3, 4)))],
     "r1_zero": ["model.name_or_path=tiny-qwen2", "eval.sets=[{task: arithmetic, limit: 4}]", "eval.every_n_steps=1",
                 "rollout.max_new_tokens=24"],
+    "lmm_r1": ["training.num_prompts=2"],
+    "curr_reft": ["training.num_prompts=4", "stages.3.generate.num_prompts=8", "stages.3.generate.num_samples=4",
+                  "stages.4.training.num_prompts=4"],
+    "reason_rft": ["stages.0.training.num_prompts=4", "stages.1.training.num_prompts=2"],
+    "kimi_k15": ["training.num_prompts=2", "stages.1.data.train=[{task: count_shapes, limit: 8}]"],
+    "orz": ["training.num_prompts=2", *GEN],
+    "skywork_r1v": ["training.num_prompts=2", *GEN, "stages.1.training.num_prompts=4",
+                    "stages.4.training.num_prompts=4"],
 }
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_runs_two_steps_per_stage(tmp_path, recipe) -> None:
-    num_stages = len(load_config(recipe).stages)
-    steps = [f"stages.{i}.advance={{steps: 2}}" for i in range(num_stages)]
-    cfg = load_config(recipe, [*RECIPES[recipe], "eval.max_prompts=4", f"run.output_dir={tmp_path}",
-                               "run.num_threads=1", *steps])
+    """Every training stage runs two steps, every stage evaluates all held-out sets (general one included)
+    before and after, and the pipeline exports its final model."""
+    stages = load_config(recipe).stages
+    trains = [i for i, s in enumerate(stages) if s.kind in ("sft", "rl")]
+    steps = [f"stages.{i}.advance={{steps: 2}}" for i in trains]
+    cfg = load_config(recipe, [*RECIPES[recipe], EVAL, f"run.output_dir={tmp_path}", "run.num_threads=1", *steps])
+    assert len(cfg.eval.sets) >= 1 + (recipe not in ("vision_r1", "r1_zero"))  # the task and a general set
     result = fit(cfg, show_progress=False)
-    assert result.steps == 2 * num_stages
+    assert result.steps == 2 * len(trains)
     rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["stage_step"]) for r in rows if "train/loss" in r] == [
-        (i, s) for i in range(num_stages) for s in (1, 2)]
+        (i, s) for i in trains for s in (1, 2)]
+    record = json.loads((result.run_dir / "pipeline.json").read_text())["stages"]
+    names = [s.name or s.task for s in cfg.eval.sets]
+    budget = None
+    for d, stage in zip(record, stages, strict=True):
+        if d["stage"] in trains:
+            assert all(f"eval/{n}/accuracy" in d["before"] and f"eval/{n}/accuracy" in d["after"] for n in names)
+        if budget is not None and "max_new_tokens" not in (stage.rollout or {}):  # skywork_r1v's adapted budget
+            assert d["max_new_tokens"] == budget
+        budget = d["budget"] if d["budget"] is not None else budget
     assert (result.run_dir / "export" / "config.json").is_file()
+
+
+def test_next_budget_sets_later_stages_and_survives_resume(tmp_path, monkeypatch) -> None:
+    """A filter stage's ``next_budget`` turns its correct samples' lengths into the next stages' max_new_tokens
+    (stage 2 sets its own and keeps it); a crash in stage 1 and ``--resume`` re-apply the recorded budget."""
+    from reinforced.training import generate
+
+    measured = (10, 12, 14, 16, 18, 20, 22, 24, 26, 30)  # p90 by nearest rank: 26; 1.5 x 26 = 39
+    real = generate.run_generate
+    monkeypatch.setattr(generate, "run_generate", lambda cfg, band: (*real(cfg, band)[:2], measured))
+    stages = ("stages=[{kind: filter, generate: {num_prompts: 2, num_samples: 2}, next_budget: {min_tokens: 8, "
+              "max_tokens: 64}}, {kind: rl, advance: {steps: 2}}, {kind: rl, rollout: {max_new_tokens: 20}, "
+              "advance: {steps: 1}}]")
+    collect = loop.collect
+
+    def crashing(run, step):
+        if run.cfg.run.name == "1-rl" and step == 2:
+            raise Crash("simulated crash in stage 1")
+        return collect(run, step)
+
+    cfg = config(tmp_path, "budget", stages)
+    monkeypatch.setattr(loop, "collect", crashing)
+    with pytest.raises(Crash):
+        fit(cfg, show_progress=False)
+    monkeypatch.setattr(loop, "collect", collect)
+    fit(cfg, resume=True, show_progress=False)
+    record = json.loads((tmp_path / "budget" / "pipeline.json").read_text())["stages"]
+    assert [(d["budget"], d["max_new_tokens"]) for d in record] == [(39, 28), (None, 39), (None, 20)]
+    stage1 = load_config(tmp_path / "budget" / "stages" / "1-rl" / "config.yaml")
+    assert stage1.rollout.max_new_tokens == 39

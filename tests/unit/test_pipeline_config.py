@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from reinforced.config import ConfigError, load_config, stage_config
+from reinforced.config import BudgetRule, ConfigError, load_config, stage_config
+from reinforced.training.pipeline import adaptive_budget, with_budget
 
 TWO = "stages=[{kind: sft, advance: {steps: 3}}, {kind: rl, training: {lr: 0.5}, algorithm: {kl.coef: 0.0}}]"
 
@@ -43,6 +44,9 @@ def test_one_stage_config_without_stages_is_unchanged() -> None:
     ("[{kind: rl, advance: {steps: 2, until: {metric: eval/a/accuracy, at_least: 0.5, max_steps: 4}}}]",
      "stages.0.advance"),
     ("[{kind: sft, training: {lr: -1}}]", "bad value for 'stages.0.training.lr'"),
+    ("[{kind: sft, next_budget: {}}]", "stages.0.next_budget: a sft stage measures no sample lengths; put it on a "
+     "stage that samples (filter, generate)"),
+    ("[{kind: filter, next_budget: {min_tokens: 9, max_tokens: 8}}]", "min_tokens=9 exceeds max_tokens=8"),
 ])
 def test_a_config_error_names_the_stage(stages: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -63,3 +67,40 @@ def test_cli_overrides_reach_a_stage() -> None:
     cfg = load_config("vision_r1", ["stages.2.rollout.group_size=6"])
     assert stage_config(cfg, 2).rollout.group_size == 6
     assert [stage_config(cfg, i).rollout.group_size for i in (1, 3)] == [16, 4]
+
+
+@pytest.mark.parametrize(("lengths", "rule", "budget"), [
+    ([10, 12, 14, 16, 18, 20, 22, 24, 26, 30], {}, 39),          # p90 by nearest rank = 26; 1.5 x 26 = 39
+    ([10, 12, 14, 16, 18, 20, 22, 24, 26, 30], {"quantile": 1.0, "factor": 2.0}, 60),
+    ([7], {"quantile": 0.5, "factor": 1.0}, 8),                  # raised to min_tokens
+    ([900, 1000], {"max_tokens": 512}, 512),                     # capped at max_tokens
+    ([], {"max_tokens": 96}, 96),                                # nothing correct: no evidence to cut the budget
+    ([5, 5, 5, 100], {"quantile": 0.75, "factor": 1.0, "min_tokens": 1}, 5),  # an outlier above the quantile
+])
+def test_adaptive_budget(lengths, rule, budget) -> None:
+    assert adaptive_budget(lengths, BudgetRule(**rule)) == budget
+    assert adaptive_budget(list(reversed(lengths)), BudgetRule(**rule)) == budget  # order-free
+
+
+def test_a_budget_reaches_only_stages_that_do_not_set_their_own() -> None:
+    cfg = load_config(None, ["rollout.max_new_tokens=48", "stages=[{kind: filter, next_budget: {}}, {kind: rl}, "
+                             "{kind: rl, rollout: {max_new_tokens: 20}}]"])
+    assert [with_budget(cfg, i, stage_config(cfg, i), 39).rollout.max_new_tokens for i in (1, 2)] == [39, 20]
+    assert with_budget(cfg, 1, stage_config(cfg, 1), None).rollout.max_new_tokens == 48
+
+
+def test_stage_data_paths_resolve_beside_the_config(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "recipe"
+    (folder / "data").mkdir(parents=True)
+    for name in ("train.jsonl", "held.jsonl", "general.jsonl"):
+        (folder / "data" / name).write_text('{"question": "1+1?", "answer": "2"}\n')
+    (folder / "r.yaml").write_text(
+        "stages:\n"
+        "  - {kind: generate, generate: {replay: [{path: data/general.jsonl}]}}\n"
+        "  - {kind: rl, data: {train: [{path: data/train.jsonl}]}, eval: {sets: [{path: data/held.jsonl}]}}\n")
+    monkeypatch.chdir(tmp_path)  # the paths exist only beside the config, not in the working directory
+    cfg = load_config(folder / "r.yaml")
+    rl, gen = stage_config(cfg, 1), stage_config(cfg, 0)
+    assert rl.data.train[0].path == str((folder / "data" / "train.jsonl").resolve())
+    assert rl.eval.sets[0].path == str((folder / "data" / "held.jsonl").resolve())
+    assert gen.generate.replay[0].path == str((folder / "data" / "general.jsonl").resolve())

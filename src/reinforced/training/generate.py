@@ -41,8 +41,9 @@ from reinforced.types import Completion, Prompt, RolloutGroup, is_correct, valid
 CHUNK = 16  # prompts per engine call: bounds the rollout's memory
 
 
-def run_generate(cfg: Config, band: bool) -> tuple[Path, dict[str, float]]:
-    """Run a ``generate`` (``band`` False) or ``filter`` (``band`` True) stage; returns (rows file, stats)."""
+def run_generate(cfg: Config, band: bool) -> tuple[Path, dict[str, float], tuple[int, ...]]:
+    """Run a ``generate`` (``band`` False) or ``filter`` (``band`` True) stage; returns (rows file, stats, the
+    token lengths of every correct sample: what a stage's ``next_budget`` measures)."""
     out = Path(cfg.run.output_dir) / cfg.run.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
@@ -59,11 +60,21 @@ def run_generate(cfg: Config, band: bool) -> tuple[Path, dict[str, float]]:
     if not band and cfg.generate.replay_share > 0:
         replay, replay_stats = replay_rows(cfg, num_kept=len(rows))
         rows, stats = rows + replay, {**stats, **replay_stats}
+    lengths = correct_lengths(groups)
+    stats["correct"] = float(len(lengths))
+    stats["correct_len_mean"] = sum(lengths) / len(lengths) if lengths else math.nan
     prefix = "filter" if band else "generate"
     stats = {f"{prefix}/{k}": v for k, v in stats.items()}
     path = write_rows(out, rows)
     (out / "metrics.jsonl").write_text(json.dumps({"step": 0, **stats}) + "\n")
-    return path, stats
+    return path, stats, lengths
+
+
+def correct_lengths(groups: Sequence[RolloutGroup]) -> tuple[int, ...]:
+    """Token lengths of the correct completions of ``groups`` (truncated ones included: they count as what the
+    budget allowed)."""
+    return tuple(c.num_tokens for g in groups for c, a in zip(g.completions, g.accuracy or (), strict=True)
+                 if is_correct(a))
 
 
 def sample_and_score(engine: Any, scorer: Any, prompts: Sequence[Prompt], cfg: Config) -> list[RolloutGroup]:

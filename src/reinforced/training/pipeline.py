@@ -21,6 +21,12 @@ construction. Every checkpoint records its position (``trainer_state.pt``: ``his
 ``<run>/metrics.jsonl`` holds every stage's rows with ``stage``, ``stage_name`` and ``stage_step`` fields
 and ``step`` counted across the pipeline; it is rewritten as each stage ends (a stage's live metrics and
 trackers are in its own folder). ``<run>/export/`` is the final model.
+
+A stage that samples (``generate``, ``filter``) may carry ``next_budget``: Skywork R1V's adaptive thinking
+budget (arXiv 2504.05599) as a rule on measurements, not on stage names: every later stage that does not set
+``rollout.max_new_tokens`` itself gets ``clamp(ceil(factor * q), min_tokens, max_tokens)``, q a quantile of
+the token lengths of the stage's correct samples (``adaptive_budget``). The budget is recorded in
+``pipeline.json`` so ``--resume`` applies the same one.
 """
 
 from __future__ import annotations
@@ -28,12 +34,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reinforced.config import Config, ConfigError, StageConfig, stage_config, stage_dir
+from reinforced.config import BudgetRule, Config, ConfigError, StageConfig, stage_config, stage_dir
 from reinforced.registry import Registry
 from reinforced.training import checkpoint as ckpt
 from reinforced.training.loop import FitResult
@@ -71,6 +77,8 @@ class StageResult:
     steps: int = 0
     weights: Path | None = None
     data: Path | None = None
+    correct_lengths: tuple[int, ...] = ()
+    """Token lengths of the stage's correct samples (stages that sample), for ``next_budget``."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class StageKind:
     run: Callable[[StageContext], StageResult]
     summary: Callable[[Config], str]
     """One line for ``reinforced explain``: what the stage does with its resolved config."""
+    measures_lengths: bool = False
+    """The stage reports its correct samples' lengths (it may carry ``next_budget``)."""
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")
@@ -114,15 +124,15 @@ def _run_sft(ctx: StageContext) -> StageResult:
 def _run_generate(ctx: StageContext) -> StageResult:
     from reinforced.training.generate import run_generate
 
-    path, stats = run_generate(ctx.cfg, band=False)
-    return StageResult(after=stats, data=path)
+    path, stats, lengths = run_generate(ctx.cfg, band=False)
+    return StageResult(after=stats, data=path, correct_lengths=lengths)
 
 
 def _run_filter(ctx: StageContext) -> StageResult:
     from reinforced.training.generate import run_generate
 
-    path, stats = run_generate(ctx.cfg, band=True)
-    return StageResult(after=stats, data=path)
+    path, stats, lengths = run_generate(ctx.cfg, band=True)
+    return StageResult(after=stats, data=path, correct_lengths=lengths)
 
 
 def _rl_summary(c: Config) -> str:
@@ -138,10 +148,10 @@ STAGES.add("sft", StageKind(_run_sft, lambda c: (
 STAGES.add("generate", StageKind(_run_generate, lambda c: (
     f"{c.generate.num_prompts} prompts x K={c.generate.num_samples}, keep <= {c.generate.keep_per_prompt} "
     f"correct{' well-formed' if c.generate.well_formed else ''} ({c.generate.order} first), replay share "
-    f"{c.generate.replay_share:g}")))
+    f"{c.generate.replay_share:g}"), measures_lengths=True))
 STAGES.add("filter", StageKind(_run_filter, lambda c: (
     f"{c.generate.num_prompts} prompts x K={c.generate.num_samples}, keep {c.generate.pass_band[0]:g} < pass "
-    f"rate < {c.generate.pass_band[1]:g}")))
+    f"rate < {c.generate.pass_band[1]:g}"), measures_lengths=True))
 
 
 def resolve_stages(cfg: Config) -> list[Config]:
@@ -150,7 +160,34 @@ def resolve_stages(cfg: Config) -> list[Config]:
         if stage.kind not in STAGES.names():
             raise ConfigError(f"stages.{i}.kind: unknown stage kind {stage.kind!r}; valid: "
                               f"{', '.join(STAGES.names())}")
+        if stage.next_budget is not None and not STAGES[stage.kind].measures_lengths:
+            raise ConfigError(f"stages.{i}.next_budget: a {stage.kind} stage measures no sample lengths; put it on "
+                              f"a stage that samples ({', '.join(n for n in STAGES.names() if STAGES[n].measures_lengths)})")
     return [stage_config(cfg, i) for i in range(len(cfg.stages))]
+
+
+def adaptive_budget(lengths: Sequence[int], rule: BudgetRule) -> int:
+    """``clamp(ceil(factor * q), min_tokens, max_tokens)`` with q the ``quantile`` of ``lengths`` (the nearest
+    rank, so q is a measured length); ``max_tokens`` when nothing was correct (no evidence to cut the budget).
+
+    >>> adaptive_budget(list(range(1, 11)), BudgetRule(quantile=0.9, factor=1.5, min_tokens=4, max_tokens=64))
+    14
+    >>> adaptive_budget([], BudgetRule(max_tokens=64)), adaptive_budget([100], BudgetRule(max_tokens=64))
+    (64, 64)
+    """
+    if not lengths:
+        return rule.max_tokens
+    ordered = sorted(lengths)
+    q = ordered[max(0, math.ceil(rule.quantile * len(ordered)) - 1)]
+    return min(rule.max_tokens, max(rule.min_tokens, math.ceil(rule.factor * q)))
+
+
+def with_budget(cfg: Config, index: int, stage_cfg: Config, budget: int | None) -> Config:
+    """Stage ``index``'s config with ``rollout.max_new_tokens = budget`` unless the stage sets it itself."""
+    own = cfg.stages[index].rollout or {}
+    if budget is None or "max_new_tokens" in own:
+        return stage_cfg
+    return stage_cfg.model_copy(update={"rollout": stage_cfg.rollout.model_copy(update={"max_new_tokens": budget})})
 
 
 def describe_stages(cfg: Config) -> list[str]:
@@ -164,6 +201,10 @@ def describe_stages(cfg: Config) -> list[str]:
             advance = "once"
         sources = ", ".join(s.name or s.task or s.path or "?" for s in c.data.train)
         lines.append(f"{i}. {stage.label} [{stage.kind}] {advance}; data: {sources}; template {c.data.template}")
+        if stage.next_budget is not None:
+            b = stage.next_budget
+            lines.append(f"     then later stages' max_new_tokens = clamp({b.factor:g} x p{round(100 * b.quantile)} of "
+                         f"correct lengths, {b.min_tokens}, {b.max_tokens})")
         lines.append(f"     {STAGES[stage.kind].summary(c)}")
     return lines
 
@@ -187,8 +228,9 @@ def run_pipeline(cfg: Config, resume: bool = False, show_progress: bool = True) 
         done = _finished_stages(run_dir, cfg, resume)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         weights = next((Path(d["weights"]) for d in reversed(done) if d["weights"]), None)
+        budget = next((d["budget"] for d in reversed(done) if d.get("budget") is not None), None)
         for i in range(len(done), len(configs)):
-            stage_cfg = configs[i]
+            stage_cfg = with_budget(cfg, i, configs[i], budget)
             if weights is not None:
                 stage_cfg = stage_cfg.model_copy(update={"model": stage_cfg.model.model_copy(
                     update={"name_or_path": str(weights)})})
@@ -200,10 +242,15 @@ def run_pipeline(cfg: Config, resume: bool = False, show_progress: bool = True) 
             except ValueError as err:  # bad data or settings met at run time: say which stage
                 raise ConfigError(f"stages.{i} ({cfg.stages[i].label}): {err}") from err
             weights = result.weights or weights
+            rule = cfg.stages[i].next_budget
+            if rule is not None:
+                budget = adaptive_budget(result.correct_lengths, rule)
             done.append({"stage": i, "name": cfg.stages[i].label, "kind": cfg.stages[i].kind,
                          "steps": result.steps, "before": result.before, "after": result.after,
                          "weights": None if result.weights is None else str(result.weights),
-                         "data": None if result.data is None else str(result.data)})
+                         "data": None if result.data is None else str(result.data),
+                         "budget": budget if rule is not None else None,
+                         "max_new_tokens": stage_cfg.rollout.max_new_tokens})
             _write_json(run_dir / PIPELINE_FILE, {"stages": done})
             write_metrics(run_dir, cfg, done)
         if weights is not None:

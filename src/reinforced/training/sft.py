@@ -207,13 +207,20 @@ def _arithmetic_trace(prompt: Prompt) -> str:
     return f"<think>{prompt.metadata['expression']} = {prompt.answer}.</think><answer>{prompt.answer}</answer>"
 
 
+@TRACES.register("bar_chart")
+def _bar_chart_trace(prompt: Prompt) -> str:
+    return f"<think>The bar reads {prompt.answer}.</think><answer>{prompt.answer}</answer>"
+
+
 def target_text(prompt: Prompt, targets: str) -> str:
     """The SFT target of ``prompt``: its row's ``target`` (``targets="row"``) or its task's solver trace."""
     if targets == "trace":
-        if prompt.task not in TRACES.names():
+        # a row a generate/filter stage wrote names its task by its reward set (open form: the task's name)
+        task = prompt.task if prompt.task in TRACES.names() else prompt.reward_set
+        if task not in TRACES.names():
             raise ValueError(f"sft.targets=trace: task {prompt.task!r} has no solver trace (tasks with one: "
                              f"{', '.join(TRACES.names())}); give rows with a 'target' field and sft.targets=row")
-        return TRACES[prompt.task](prompt)
+        return TRACES[task](prompt)
     target = prompt.metadata.get("target")
     if not isinstance(target, str) or not target:
         raise ValueError(f"row {prompt.prompt_id!r} ({prompt.task}) has no 'target' text to learn (sft.targets=row "
