@@ -16,7 +16,7 @@ from reinforced.models import Adapter, load_policy, vision
 from reinforced.models.tiny_vlm import build_tiny_vlm
 from reinforced.training.batch import collate_groups
 from reinforced.training.logprobs import completion_logprobs
-from reinforced.training.step import enable_gradient_checkpointing
+from reinforced.training.step import checkpointed_layers_on, enable_gradient_checkpointing
 from reinforced.types import Completion, Prompt, RolloutGroup
 
 
@@ -41,15 +41,57 @@ def grads(model, adapter, batch):
 
 
 def assert_checkpointing_equal(model, adapter, batch):
-    model.train()
+    assert not model.training  # the policy trains in eval mode (no dropout), as in a run
     plain_lp, plain = grads(model, adapter, batch)
     enable_gradient_checkpointing(model)
     assert model.is_activation_checkpointing
-    ckpt_lp, ckpt = grads(model, adapter, batch)
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    with checkpointed_layers_on(model):
+        assert all(m.training for m in layers) and not model.training
+        assert not any(m.training for layer in layers for m in layer.children())  # dropout stays off
+        ckpt_lp, ckpt = grads(model, adapter, batch)
+    assert not any(m.training for m in model.modules())  # eval mode restored
     torch.testing.assert_close(ckpt_lp, plain_lp, rtol=0, atol=1e-6)
     assert [n for n, _ in ckpt] == [n for n, _ in plain]
     for (name, a), (_, b) in zip(ckpt, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def saved_and_recomputed(model, adapter, batch):
+    """(bytes the forward saves for the backward outside checkpoints, forward calls of a decoder layer's
+    attention during the backward) of one grad-enabled training forward + backward."""
+    layer = next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+    calls = []
+    hook = layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lp, _ = completion_logprobs(model, adapter, batch, share_prefix=False)
+        forward_calls = len(calls)
+        lp.sum().backward()
+    finally:
+        hook.remove()
+    return sum(saved), len(calls) - forward_calls
+
+
+def test_gradient_checkpointing_recomputes_in_eval_mode():
+    """The trainer's policy stays in eval mode; the checkpointed layers still recompute in the backward and
+    the forward keeps far fewer activations for it."""
+    loaded = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
+    model, adapter = loaded.model, Adapter(loaded, "plain")
+    batch = make_batch(adapter, prompts())
+    plain_saved, plain_again = saved_and_recomputed(model, adapter, batch)
+    enable_gradient_checkpointing(model)
+    eval_saved, eval_again = saved_and_recomputed(model, adapter, batch)  # HF alone: no recompute in eval
+    with checkpointed_layers_on(model):
+        ckpt_saved, ckpt_again = saved_and_recomputed(model, adapter, batch)
+    assert (plain_again, eval_again, ckpt_again) == (0, 0, 1)
+    assert eval_saved == plain_saved and ckpt_saved < plain_saved / 2
 
 
 def prompts():
@@ -82,7 +124,17 @@ def test_gradient_checkpointing_config_reaches_the_model(tmp_path):
                              f"run.output_dir={tmp_path}", "eval.sets=[]", "training.report_to=[]"])
     run = setup(cfg, resume=False)
     try:
-        assert run.policy.model.is_activation_checkpointing
+        model = run.policy.model
+        assert model.is_activation_checkpointing and not model.training
+        batch = make_batch(Adapter(run.policy, "plain"), prompts())
+        batch = replace(batch, advantages=batch.completion_mask.float(), ref_logprobs=batch.old_logprobs)
+        layer = next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+        trunk_calls, attn_calls = [], []
+        model.base_model.register_forward_hook(lambda *_: trunk_calls.append(1))
+        layer.self_attn.register_forward_hook(lambda *_: attn_calls.append(1))
+        run.updater.policy_step(batch)
+        assert len(trunk_calls) == 1 and len(attn_calls) == 2  # one forward, recomputed in the backward
+        assert not any(m.training for m in model.modules())
     finally:
         run.rewards.close()
         run.release()

@@ -134,12 +134,9 @@ def completion_forward(
 def _checkpointing(model: Any) -> bool:
     """Whether this forward recomputes its layers in the backward (``training.gradient_checkpointing``):
     Hugging Face's checkpointed layers then drop the KV cache the shared prefix is built on."""
-    if not (model.training and torch.is_grad_enabled()):
+    if not torch.is_grad_enabled():
         return False
-    base = getattr(model, "get_base_model", lambda: model)()  # a PEFT wrapper: the model it wraps
-    name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else \
-        "is_gradient_checkpointing"  # transformers < 5.x
-    return bool(getattr(base, name, False))
+    return any(getattr(m, "gradient_checkpointing", False) and m.training for m in model.modules())
 
 
 def fusable_head(model: Any) -> torch.nn.Linear | None:

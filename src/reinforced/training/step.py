@@ -67,6 +67,24 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+@contextlib.contextmanager
+def checkpointed_layers_on(model: torch.nn.Module) -> Iterator[None]:
+    """Let the checkpointed layers recompute while the policy stays in eval mode (no dropout in RL).
+
+    Hugging Face checkpoints a layer only when its own ``training`` flag is set; the flag is set on those
+    layer modules alone (not their children, so dropout stays off) for the update's forward and backward.
+    """
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    before = [m.training for m in layers]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, before, strict=True):
+            m.training = flag
+
+
 def autocast(mode: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
     """bf16 autocast on ``device`` (on CPUs with AVX512-BF16 about 3x faster matmuls), or nothing."""
     if mode == "bf16":
@@ -178,7 +196,7 @@ class Updater:
             params += list(self.value_head.parameters())
         for micro, weight in self.strategy.lockstep(mini.split(self.cfg.micro_batch_size)):
             values = None
-            with autocast(self.cfg.autocast, device):
+            with autocast(self.cfg.autocast, device), checkpointed_layers_on(self.model):
                 if self.value_head is None:
                     logprobs, entropy = self.logprob_fn(self.model, micro)
                 else:  # shared trunk: the value head reads the same forward's hidden states
