@@ -13,6 +13,7 @@
     reinforced list rewards|algorithms|tasks|templates|samplers|models
     reinforced models pull smollm2-135m-instruct
     reinforced data inspect FILE | data filter CONFIG --out FILE
+    reinforced bench claims [NAME ...] [--quick]        # the survey's claims as seeded experiments (claims.md)
 
 The console never reads markup: data text (questions, ids, file names) is printed as given, so square
 brackets neither vanish nor crash a table; styles are passed as ``style=`` arguments.
@@ -25,6 +26,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -281,6 +283,18 @@ def cmd_report(ns: argparse.Namespace) -> None:
         console.print(str(path), soft_wrap=True)
 
 
+def cmd_bench(ns: argparse.Namespace) -> None:
+    from reinforced.claims import run_suite
+
+    out = ns.out or ("claims-quick" if ns.quick else "claims")
+    command = " ".join(["reinforced bench claims", *ns.names, *(["--quick"] if ns.quick else []),
+                        *([f"--out {ns.out}"] if ns.out else []), *([f"--seeds {ns.seeds}"] if ns.seeds else [])])
+    seeds = tuple(range(ns.seeds)) if ns.seeds else None
+    path = run_suite(ns.names, out=out, quick=ns.quick, seeds=seeds, log=lambda s: console.print(s, soft_wrap=True),
+                     command=command)
+    console.print(f"table: {path}", soft_wrap=True, highlight=False)
+
+
 def cmd_init(ns: argparse.Namespace) -> None:
     from importlib import resources
 
@@ -299,6 +313,16 @@ def _add_run_options(p: argparse.ArgumentParser, fn: object) -> None:
     p.add_argument("--yes", action="store_true", help="with --overwrite: do not ask (needed without a terminal)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=fn)
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="bench claims [NAME ...]: the survey's claims as small seeded experiments")
+    p.add_argument("suite", choices=["claims"])
+    p.add_argument("names", nargs="*", help="claims to run (default: all; see reinforced/claims/definitions.py)")
+    p.add_argument("--quick", action="store_true", help="fewer steps (the suite in about 15 minutes)")
+    p.add_argument("--out", default=None, help="output folder (default: claims/, or claims-quick/ with --quick)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 instead of each claim's own")
+    p.set_defaults(fn=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--high", type=float, default=1.0, help="keep pass rate < high")
     p.add_argument("--keep-extremes", action="store_true", help="also keep pass rates of exactly 0 and 1")
     p.set_defaults(fn=cmd_data)
+    _add_bench(sub)
     p = sub.add_parser("init", help="write a commented starter config")
     p.add_argument("path", nargs="?", default="reinforced.yaml")
     p.add_argument("--force", action="store_true", help="replace an existing file")
