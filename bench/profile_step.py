@@ -108,7 +108,8 @@ def main() -> None:
                                     for k in ("rollout", "reward", "update")))
     print(f"process peak RSS {peak:.2f} GiB; overrides {a.set}")
     with open(Path(__file__).with_name("results_profile_step.jsonl"), "a") as f:
-        f.write(json.dumps({"overrides": a.set, "peak_rss_gib": peak, "steps": steps}) + "\n")
+        env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_"))}  # allocator, threads
+        f.write(json.dumps({"overrides": a.set, "env": env, "peak_rss_gib": peak, "steps": steps}) + "\n")
 
 
 if __name__ == "__main__":

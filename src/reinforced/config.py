@@ -265,6 +265,10 @@ class TrainingConfig(Section):
     fused_logprobs: bool = True
     """Apply the LM head in token chunks fused with the logprob/entropy (no [tokens, vocab] logits of the
     micro-batch; same numbers); false: the model's full logits (also used where the head is not fusable)."""
+    release_memory: Literal["none", "trim", "mmap"] = "none"
+    """Give freed memory back to the OS so peak RSS does not creep up step after step (Linux glibc only; a
+    no-op elsewhere): ``trim`` calls ``malloc_trim`` before and after each update; ``mmap`` also fixes
+    glibc's mmap threshold at 128 KiB from start-up (lowest RSS, slower steps). See docs/performance.md."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them (Hugging Face's
     non-reentrant checkpointing): activation memory of a micro-batch drops from all layers to about one,

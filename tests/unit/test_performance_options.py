@@ -117,12 +117,17 @@ def test_gradient_checkpointing_vlm_equal_gradients(tmp_path):
     assert_checkpointing_equal(loaded.model, adapter, batch)
 
 
-def test_gradient_checkpointing_config_reaches_the_model(tmp_path):
-    from reinforced.training.setup import setup
+def test_gradient_checkpointing_config_reaches_the_model(tmp_path, monkeypatch):
+    from reinforced.training import allocator
+    from reinforced.training import setup as setup_module
 
+    fixed = []
+    monkeypatch.setattr(allocator, "fix_mmap_threshold", lambda: fixed.append(1))
     cfg = load_config(None, ["model.name_or_path=tiny-qwen2", "training.gradient_checkpointing=true",
-                             f"run.output_dir={tmp_path}", "eval.sets=[]", "training.report_to=[]"])
-    run = setup(cfg, resume=False)
+                             f"run.output_dir={tmp_path}", "eval.sets=[]", "training.report_to=[]",
+                             "training.release_memory=mmap"])
+    run = setup_module.setup(cfg, resume=False)
+    assert fixed == [1]  # release_memory=mmap fixes glibc's threshold at start-up
     try:
         model = run.policy.model
         assert model.is_activation_checkpointing and not model.training
@@ -168,3 +173,72 @@ def test_reward_worker_runs_one_thread_when_the_trainer_has_more():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["2", "1.0"]  # the trainer keeps its 2 threads, the worker has 1
+
+
+FRAGMENT = textwrap.dedent("""
+    import sys, torch
+    from reinforced.training.allocator import fix_mmap_threshold, release_free_memory
+
+    def rss_mib():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+    if sys.argv[1] == "fixed":
+        assert fix_mmap_threshold()
+    big = torch.ones(4 * 2**20)
+    del big  # a freed 16 MiB mapping: glibc's dynamic threshold rises to it
+    blocks = [torch.ones(2**19) for _ in range(100)]  # 100 x 2 MiB
+    before = rss_mib()
+    del blocks[::2]  # 100 MiB of holes below live blocks: never trimmed by free() itself
+    freed = before - rss_mib()
+    trimmed = release_free_memory()
+    print(round(freed), round(before - rss_mib()), trimmed)
+""")
+
+
+def fragment(mode):
+    out = subprocess.run([sys.executable, "-c", FRAGMENT, mode], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    freed, after_trim, trimmed = out.stdout.split()
+    return float(freed), float(after_trim), trimmed == "True"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc (Linux)")
+def test_allocator_returns_freed_blocks_to_the_os():
+    freed, after_trim, trimmed = fragment("dynamic")
+    assert freed < 20 and after_trim > 90 and trimmed  # glibc keeps the holes; malloc_trim returns them
+    freed, _, _ = fragment("fixed")
+    assert freed > 90  # a fixed threshold: each 2 MiB block was its own mapping, unmapped at free
+
+
+def test_allocator_is_a_no_op_off_glibc(monkeypatch):
+    from reinforced.training import allocator
+
+    allocator._glibc.cache_clear()
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
+    try:
+        assert not allocator.fix_mmap_threshold() and not allocator.release_free_memory()
+        assert not allocator.configure_allocator("mmap")
+    finally:
+        allocator._glibc.cache_clear()
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        allocator.fix_mmap_threshold(0)
+    with pytest.raises(ValueError, match="none, trim or mmap"):
+        allocator.configure_allocator("always")
+
+
+@pytest.mark.parametrize("release", ["trim", "mmap", "none"])
+def test_updater_releases_memory_around_the_update(monkeypatch, release):
+    from reinforced.algorithms import resolve_spec
+    from reinforced.config import TrainingConfig
+    from reinforced.training import step
+
+    calls = []
+    monkeypatch.setattr(step, "release_free_memory", lambda: calls.append(1))
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainingConfig(release_memory=release)
+    opt, sched = step.build_optimizer(list(model.parameters()), cfg)
+    upd = step.Updater(spec=resolve_spec("grpo", {}), cfg=cfg, model=model, optimizer=opt, scheduler=sched,
+                       logprob_fn=None)
+    upd.update(None, torch.Generator(), train_policy=False)
+    assert len(calls) == (0 if release == "none" else 2)  # before the update (rollout's blocks) and after it

@@ -28,6 +28,7 @@ from reinforced.models import Adapter, LoadedModel, load_policy, load_reference,
 from reinforced.rewards import RewardComposer
 from reinforced.rollout import build_engine
 from reinforced.training import checkpoint as ckpt
+from reinforced.training.allocator import configure_allocator
 from reinforced.training.distributed import Strategy, build_strategy
 from reinforced.training.logprobs import completion_forward, completion_logprobs
 from reinforced.training.step import Updater, build_optimizer, enable_gradient_checkpointing
@@ -204,6 +205,7 @@ def build_run(cfg: Config, spec: AlgorithmSpec, run_dir: Path, lock: Any, resume
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         (run_dir / "algorithm.txt").write_text("".join(f"{k}: {v}\n" for k, v in spec.describe()))
     seed_everything(cfg.run.seed)
+    configure_allocator(cfg.training.release_memory)
     if cfg.run.num_threads is not None:
         torch.set_num_threads(cfg.run.num_threads)
 

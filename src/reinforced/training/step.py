@@ -19,6 +19,7 @@ import torch
 
 from reinforced.algorithms import LossNormalizer, policy_loss, value_loss
 from reinforced.config import TrainingConfig
+from reinforced.training.allocator import release_free_memory
 from reinforced.training.distributed import Strategy
 from reinforced.types import TrainBatch
 
@@ -285,6 +286,8 @@ class Updater:
             for mini in self.mini_batches(batch, generator, spec.critic.num_mini_batches):
                 means.add(self.critic_step(mini), 1.0)
         num_steps, skipped_before = 0, self.skipped_steps
+        if self.cfg.release_memory != "none":  # the rollout's freed blocks, before the update's peak
+            release_free_memory()
         if train_policy:
             if spec.reset_optimizer_each_step:  # Kimi k1.5: each iteration is a fresh mirror-descent problem
                 self.optimizer.state.clear()
@@ -296,4 +299,6 @@ class Updater:
                "train/skipped_steps": float(self.skipped_steps - skipped_before)}
         if self.critic_scheduler is not None:
             out["critic/lr"] = self.critic_scheduler.get_last_lr()[0]
+        if self.cfg.release_memory != "none":  # the update's activations and gradients, before the rollout
+            release_free_memory()
         return out
