@@ -58,9 +58,11 @@ class Measure:
     def of(self, rows: Sequence[Mapping[str, Any]]) -> float | None:
         """The measure of one run's rows (None when no row holds the key).
 
-        >>> Measure("a", "a", 1, "tail_mean").of([{"a": 1.0}, {"a": 2.0}, {"b": 0.0}, {"a": 4.0}, {"a": 6.0}])
+        >>> rows = [{"step": s, "a": a} for s, a in enumerate([1.0, 2.0, 4.0, 6.0])] + [{"step": 9, "b": 0.0}]
+        >>> Measure("a", "a", 1, "tail_mean").of(rows)
         5.0
-        >>> Measure("acc", "gain per prompt", 1, "gain", per="n").of([{"acc": .1}, {"n": 4}, {"n": 6}, {"acc": .6}])
+        >>> rows = [{"step": 0, "acc": .1}, {"step": 1, "n": 4}, {"step": 2, "n": 6}, {"step": 2, "acc": .6}]
+        >>> Measure("acc", "gain per prompt", 1, "gain", per="n").of(rows)
         0.05
         """
         values = [v for _, v in self.series(rows)]
