@@ -66,12 +66,20 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Storage dtype of the trainable weights (keep float32 and use ``training.autocast`` for bf16 compute)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
+    """Moved to ``training.gradient_checkpointing`` (one switch); ``true`` here is an error saying so."""
     freeze_vision_tower: bool = False
     """Keep the vision encoder of a VLM frozen (only the language model and projector train)."""
     lora: LoraConfig | None = None
     """Train LoRA adapters instead of the full model (``{r, alpha, dropout, target_modules}``); the reference
     model is then the base with the adapter disabled, and checkpoints hold the adapter."""
+
+
+    @model_validator(mode="after")
+    def _one_checkpointing_switch(self) -> ModelConfig:
+        if self.gradient_checkpointing:
+            raise ValueError("model.gradient_checkpointing moved to training.gradient_checkpointing (the update "
+                             "recomputes layers in the trainer's eval mode); set that instead")
+        return self
 
 
 class DataSource(Section):

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from reinforced.config import ModelConfig, load_config
+from reinforced.config import ConfigError, ModelConfig, load_config
 from reinforced.models import Adapter, load_policy, vision
 from reinforced.models.tiny_vlm import build_tiny_vlm
 from reinforced.training.batch import collate_groups
@@ -242,3 +242,9 @@ def test_updater_releases_memory_around_the_update(monkeypatch, release):
                        logprob_fn=None)
     upd.update(None, torch.Generator(), train_policy=False)
     assert len(calls) == (0 if release == "none" else 2)  # before the update (rollout's blocks) and after it
+
+
+def test_the_old_model_checkpointing_key_names_its_new_place():
+    """One switch: ``model.gradient_checkpointing=true`` is an error pointing at the training section."""
+    with pytest.raises(ConfigError, match="moved to training.gradient_checkpointing"):
+        load_config(None, ["model.gradient_checkpointing=true"])

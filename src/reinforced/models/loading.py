@@ -159,9 +159,6 @@ def _prepare_for_training(loaded: LoadedModel, cfg: ModelConfig) -> None:
         for pname, param in model.named_parameters():
             if any(key in pname for key in _VISION_TOWER_KEYS):
                 param.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False  # the engine passes its own cache explicitly
 
 
 def load_reference(loaded: LoadedModel) -> PreTrainedModel:
