@@ -69,7 +69,7 @@ CASES = [
     pytest.param("ddp", TEXT, id="grpo-ddp"), pytest.param("fsdp2", TEXT, id="grpo-fsdp2"),
     pytest.param("ddp", [*TEXT, "algorithm.preset=reinforce_pp"], id="reinforce_pp-ddp"),
     pytest.param("fsdp2", [*TEXT, "algorithm.preset=reinforce_pp"], id="reinforce_pp-fsdp2"),
-    pytest.param("fsdp2", VLM, id="vlm-grpo-fsdp2"),
+    pytest.param("ddp", VLM, id="vlm-grpo-ddp"), pytest.param("fsdp2", VLM, id="vlm-grpo-fsdp2"),
 ]
 
 
