@@ -50,7 +50,7 @@ def _worker(rank, world, port, tmp, strategy, extra, groups_path, out_path):
     run = setup(_config(tmp, f"dp-{strategy}", f"training.strategy={strategy}", *extra))
     groups = torch.load(groups_path, weights_only=False)
     share = len(groups) // world
-    if "model.name_or_path=reinforced-tiny-vlm" in extra:  # the vision tower's blocks are sharded too
+    if strategy == "fsdp2" and "model.name_or_path=reinforced-tiny-vlm" in extra:  # vision blocks sharded too
         assert _is_dtensor(run.policy.model.get_parameter(VISION_BLOCK_PARAM)), "vision blocks not sharded"
     _updates(run, groups[rank * share:(rank + 1) * share])
     params = _full_params(run)
