@@ -157,12 +157,7 @@ def train(run: Run, stop: dict[str, int], show_progress: bool,
                 write_samples(run.run_dir, step, kept, cfg.training.samples_per_step, notes)
             progress.advance(step, stats)
             stopping = run.strategy.any(bool(stop))  # every rank stops after the same step
-            if stopping or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
-                save(run, step)
-            if stopping:
-                writer.close()
-                raise Interrupted(128 + stop.get("signal", signal.SIGTERM))
-            if until is not None and until(stats):
+            if end_of_step(run, step, stats, stop if stopping else {}, writer, until):
                 break
     last = step if until is not None else cfg.training.max_steps
     after = run_eval(run, step=last)
@@ -211,6 +206,19 @@ def stop_requests() -> Iterator[dict[str, int]]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def end_of_step(run: Run, step: int, stats: dict[str, float], stop: dict[str, int], writer: Any,
+                until: Callable[[dict[str, float]], bool] | None) -> bool:
+    """Checkpoint when due (or when a stop was requested: then raise ``Interrupted`` after it); True when the
+    stage's ``until`` rule says this step ends it. Shared by the RL loop and the SFT stage."""
+    every = run.cfg.training.checkpoint_every
+    if stop or (every and step % every == 0):
+        save(run, step)
+    if stop:
+        writer.close()
+        raise Interrupted(128 + stop.get("signal", signal.SIGTERM))
+    return until is not None and until(stats)
 
 
 def resumable_state(run: Run) -> dict[str, Any]:

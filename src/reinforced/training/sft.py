@@ -24,7 +24,6 @@ target tokens (not per micro-batch: the normaliser bug of TRL #5619 / OpenRLHF #
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from reinforced.tracking.progress import Progress
 from reinforced.tracking.report import plot_run
 from reinforced.tracking.sinks import MetricsWriter
 from reinforced.training import checkpoint as ckpt
-from reinforced.training.loop import FitResult, Interrupted, run_eval, stop_requests
+from reinforced.training.loop import FitResult, end_of_step, run_eval, stop_requests
 from reinforced.training.setup import Run, build_run, restore, run_dir_for, save
 from reinforced.training.step import autocast, build_optimizer
 from reinforced.types import Prompt
@@ -338,12 +337,7 @@ def train_sft_run(run: Run, stop: dict[str, int], show_progress: bool,
                 stats.update(run_eval(run, step))
             writer.log(step, stats)
             progress.advance(step, stats)
-            if stop or (cfg.training.checkpoint_every and step % cfg.training.checkpoint_every == 0):
-                save(run, step)
-            if stop:
-                writer.close()
-                raise Interrupted(128 + stop.get("signal", signal.SIGTERM))
-            if until is not None and until(stats):
+            if end_of_step(run, step, stats, stop, writer, until):
                 break
     after = run_eval(run, step=step)
     writer.log(step, after)
