@@ -3,19 +3,16 @@ every gradient, on random inputs and through ``completion_logprobs`` on tiny tex
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from PIL import Image
 
 from reinforced.config import ModelConfig, TrainingConfig
-from reinforced.models import Adapter, load_policy, vision
+from reinforced.models import Adapter, load_policy
 from reinforced.models.tiny_vlm import build_tiny_vlm
-from reinforced.training.batch import collate_groups
 from reinforced.training.fused_logprobs import fused_linear_logprobs
 from reinforced.training.logprobs import completion_forward, completion_logprobs, fusable_head, token_logprobs
-from reinforced.types import Completion, Prompt, RolloutGroup
+from reinforced.types import Prompt
 
 TEXTS = ("<think>4", "12 circles</think>", "7 and more words")
 
@@ -123,17 +120,6 @@ def test_bad_input_is_named():
 # ---- through completion_logprobs on tiny models ----------------------------------------------------------
 
 
-def make_batch(adapter, prompts):
-    groups = []
-    for p in prompts:
-        enc = adapter.encode(p)
-        ids = [adapter.tokenizer.encode(t, add_special_tokens=False) for t in TEXTS]
-        comps = tuple(Completion(t, tuple(i), (0.0,) * len(i), "stop") for t, i in zip(TEXTS, ids, strict=True))
-        groups.append(RolloutGroup(p, comps, prompt_ids=tuple(enc.input_ids), vision=enc.vision))
-    batch = collate_groups(groups, adapter.pad_token_id)
-    per_sample = tuple(v for gr in groups for v in vision.expand_vision(gr.vision, gr.group_size))
-    return replace(batch, vision=per_sample if any(v is not None for v in per_sample) else ())
-
 
 def forward_and_grads(model, adapter, batch, share, fused, with_hidden=False):
     model.zero_grad()
@@ -161,30 +147,30 @@ def assert_fused_equals_plain(model, adapter, batch, with_hidden=False):
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
-def test_text_models(name):
+def test_text_models(make_batch, name):
     loaded = load_policy(ModelConfig(name_or_path=name))
     adapter = Adapter(loaded, "plain")
     prompts = [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27? Explain each step.")]
-    assert_fused_equals_plain(loaded.model, adapter, make_batch(adapter, prompts), with_hidden=name == "tiny-llama")
+    assert_fused_equals_plain(loaded.model, adapter, make_batch(adapter, prompts, TEXTS), with_hidden=name == "tiny-llama")
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
-def test_vision_language_models(family, tmp_path):
+def test_vision_language_models(make_batch, family, tmp_path):
     build_tiny_vlm(family, tmp_path, seed=0)
     loaded = load_policy(ModelConfig(name_or_path=str(tmp_path)))
     adapter = Adapter(loaded, "plain")
     red, blue = Image.new("RGB", (32, 32), (200, 10, 10)), Image.new("RGB", (32, 32), (0, 100, 200))
     prompts = [Prompt("a", "<image> What color?", images=(red,)), Prompt("t", "Text only, a longer prompt."),
                Prompt("b", "Describe <image>", images=(blue,))]
-    assert_fused_equals_plain(loaded.model, adapter, make_batch(adapter, prompts), with_hidden=family == "llava")
+    assert_fused_equals_plain(loaded.model, adapter, make_batch(adapter, prompts, TEXTS), with_hidden=family == "llava")
 
 
-def test_bf16_autocast_through_a_model():
+def test_bf16_autocast_through_a_model(make_batch):
     """Under training.autocast=bf16 both paths take bf16 logits and a float32 softmax: same logprobs to bf16
     matmul rounding, gradients to 2% of scale (bf16 has 8 mantissa bits)."""
     loaded = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
     model, adapter = loaded.model, Adapter(loaded, "plain")
-    batch = make_batch(adapter, [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27?")])
+    batch = make_batch(adapter, [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27?")], TEXTS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain_out = forward_and_grads(model, adapter, batch, share=True, fused=False)
         fused_out = forward_and_grads(model, adapter, batch, share=True, fused=True)
@@ -196,10 +182,10 @@ def test_bf16_autocast_through_a_model():
         assert_close_normwise(fused_out[key], want, 2e-2, key)
 
 
-def test_fused_path_never_runs_the_full_head_and_unfusable_heads_fall_back():
+def test_fused_path_never_runs_the_full_head_and_unfusable_heads_fall_back(make_batch):
     loaded = load_policy(ModelConfig(name_or_path="tiny-llama"))
     model, adapter = loaded.model, Adapter(loaded, "plain")
-    batch = make_batch(adapter, [Prompt("a", "What is 1 + 2?")])
+    batch = make_batch(adapter, [Prompt("a", "What is 1 + 2?")], TEXTS)
 
     def refuse(*_):
         raise AssertionError("the LM head module ran: full logits were materialised")

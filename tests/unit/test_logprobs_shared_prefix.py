@@ -10,21 +10,8 @@ from PIL import Image
 from reinforced.config import ModelConfig
 from reinforced.models import Adapter, load_policy, vision
 from reinforced.models.tiny_vlm import build_tiny_vlm
-from reinforced.training.batch import collate_groups
 from reinforced.training.logprobs import completion_logprobs
-from reinforced.types import Completion, Prompt, RolloutGroup
-
-
-def make_batch(adapter, prompts, texts=("<think>4", "12 circles</think>", "7")):
-    groups = []
-    for p in prompts:
-        enc = adapter.encode(p)
-        ids = [adapter.tokenizer.encode(t, add_special_tokens=False) for t in texts]
-        comps = tuple(Completion(t, tuple(i), (0.0,) * len(i), "stop") for t, i in zip(texts, ids, strict=True))
-        groups.append(RolloutGroup(p, comps, prompt_ids=tuple(enc.input_ids), vision=enc.vision))
-    batch = collate_groups(groups, adapter.pad_token_id)
-    per_sample = tuple(v for gr in groups for v in vision.expand_vision(gr.vision, gr.group_size))
-    return replace(batch, vision=per_sample if any(v is not None for v in per_sample) else ())
+from reinforced.types import Prompt
 
 
 def forward_and_grads(model, adapter, batch, share):
@@ -46,7 +33,7 @@ def assert_same(model, adapter, batch):
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
-def test_text_models(name):
+def test_text_models(make_batch, name):
     loaded = load_policy(ModelConfig(name_or_path=name))
     adapter = Adapter(loaded, "plain")
     prompts = [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27? Explain each step.")]
@@ -54,7 +41,7 @@ def test_text_models(name):
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
-def test_vision_language_models(family, tmp_path):
+def test_vision_language_models(make_batch, family, tmp_path):
     build_tiny_vlm(family, tmp_path, seed=0)
     loaded = load_policy(ModelConfig(name_or_path=str(tmp_path)))
     adapter = Adapter(loaded, "plain")
@@ -65,7 +52,7 @@ def test_vision_language_models(family, tmp_path):
 
 
 @pytest.mark.parametrize("share", [False, True])
-def test_vlm_batch_without_its_images_fails_loudly(tmp_path, share):
+def test_vlm_batch_without_its_images_fails_loudly(make_batch, tmp_path, share):
     build_tiny_vlm("qwen2_vl", tmp_path, seed=0)
     loaded = load_policy(ModelConfig(name_or_path=str(tmp_path)))
     adapter = Adapter(loaded, "plain")

@@ -12,25 +12,11 @@ import pytest
 import torch
 
 from reinforced.config import ConfigError, ModelConfig, load_config
-from reinforced.models import Adapter, load_policy, vision
+from reinforced.models import Adapter, load_policy
 from reinforced.models.tiny_vlm import build_tiny_vlm
-from reinforced.training.batch import collate_groups
 from reinforced.training.logprobs import completion_logprobs
 from reinforced.training.step import checkpointed_layers_on, enable_gradient_checkpointing
-from reinforced.types import Completion, Prompt, RolloutGroup
-
-
-def make_batch(adapter, prompts, texts=("<think>4", "12 circles</think>", "7")):
-    """G=3 completions per prompt, one collated batch (per-sample vision inputs for a VLM)."""
-    groups = []
-    for p in prompts:
-        enc = adapter.encode(p)
-        ids = [adapter.tokenizer.encode(t, add_special_tokens=False) for t in texts]
-        comps = tuple(Completion(t, tuple(i), (0.0,) * len(i), "stop") for t, i in zip(texts, ids, strict=True))
-        groups.append(RolloutGroup(p, comps, prompt_ids=tuple(enc.input_ids), vision=enc.vision))
-    batch = collate_groups(groups, adapter.pad_token_id)
-    per_sample = tuple(v for gr in groups for v in vision.expand_vision(gr.vision, gr.group_size))
-    return replace(batch, vision=per_sample if any(v is not None for v in per_sample) else ())
+from reinforced.types import Prompt
 
 
 def grads(model, adapter, batch):
@@ -79,7 +65,7 @@ def saved_and_recomputed(model, adapter, batch):
     return sum(saved), len(calls) - forward_calls
 
 
-def test_gradient_checkpointing_recomputes_in_eval_mode():
+def test_gradient_checkpointing_recomputes_in_eval_mode(make_batch):
     """The trainer's policy stays in eval mode; the checkpointed layers still recompute in the backward and
     the forward keeps far fewer activations for it."""
     loaded = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
@@ -98,14 +84,14 @@ def prompts():
     return [Prompt("a", "What is 1 + 2?"), Prompt("b", "What is 13 + 27? Explain each step.")]
 
 
-def test_gradient_checkpointing_text_equal_gradients():
+def test_gradient_checkpointing_text_equal_gradients(make_batch):
     torch.manual_seed(0)
     loaded = load_policy(ModelConfig(name_or_path="tiny-qwen2"))
     adapter = Adapter(loaded, "plain")
     assert_checkpointing_equal(loaded.model, adapter, make_batch(adapter, prompts()))
 
 
-def test_gradient_checkpointing_vlm_equal_gradients(tmp_path):
+def test_gradient_checkpointing_vlm_equal_gradients(make_batch, tmp_path):
     from PIL import Image
 
     build_tiny_vlm("qwen2_vl", tmp_path, seed=0)
@@ -117,7 +103,7 @@ def test_gradient_checkpointing_vlm_equal_gradients(tmp_path):
     assert_checkpointing_equal(loaded.model, adapter, batch)
 
 
-def test_gradient_checkpointing_config_reaches_the_model(tmp_path, monkeypatch):
+def test_gradient_checkpointing_config_reaches_the_model(make_batch, tmp_path, monkeypatch):
     from reinforced.training import allocator
     from reinforced.training import setup as setup_module
 
